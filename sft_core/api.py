@@ -1,0 +1,90 @@
+"""``train()``: trlX's entry point for SFT, composed from sft_core's setup functions."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence
+
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from sft_core.config import SFTConfig, default_sft_config
+from sft_core.data.prepare import prepare_samples
+from sft_core.data.sources import load_data
+from sft_core.evaluation import build_eval_prompts
+from sft_core.metrics import MetricFn, resolve_metric
+from sft_core.modeling import load_model, load_tokenizer
+from sft_core.trainer import AccelerateSFTTrainer, Callback
+
+logger = logging.getLogger(__name__)
+
+_RL_ARGUMENTS = ("reward_fn", "rewards", "prompts", "dataset")
+
+
+def train(
+    model_path: str | None = None,
+    samples: Sequence[Any] | None = None,
+    eval_prompts: Sequence[Any] | None = None,
+    metric_fn: Callable[..., dict[str, Any]] | None = None,
+    config: SFTConfig | None = None,
+    stop_sequences: Sequence[str] | None = None,
+    *,
+    eval_samples: Sequence[Any] | None = None,
+    callbacks: Sequence[Callback] = (),
+    **rl_arguments: Any,
+) -> AccelerateSFTTrainer:
+    """Fine-tune and return the trainer (call ``.save_pretrained(dir)`` on it).
+
+    ``samples``: strings, [prompt, completion] pairs, alternating dialogues, or chat messages.
+    Without ``samples``, ``config.data`` names the data (the embedded demo by default).
+    ``eval_prompts``: strings, chat message lists, or dicts {"prompt": ..., **metadata}.
+    ``metric_fn(samples=, prompts=, outputs=, **metadata)`` -> {name: list | float}.
+    """
+    unknown = sorted(set(rl_arguments) - set(_RL_ARGUMENTS))
+    if unknown:
+        raise TypeError(f"train() got unexpected keyword arguments {unknown}")
+    if rl_arguments:
+        raise ValueError(f"{sorted(rl_arguments)}: RL arguments; sft_core trains supervised only (use samples=...)")
+    config = config or default_sft_config()
+    if model_path is not None:
+        config = config.evolve(model=dict(model_path=model_path))
+    if stop_sequences:
+        config = config.evolve(method=dict(stop_sequences=list(stop_sequences)))
+
+    accelerator = Accelerator(
+        mixed_precision=config.train.mixed_precision,
+        gradient_accumulation_steps=config.train.gradient_accumulation_steps,
+        cpu=config.distributed.use_cpu,
+    )
+    set_seed(config.train.seed)
+    tokenizer = load_tokenizer(config.tokenizer, config.model)
+    metric_fns: list[MetricFn] = [resolve_metric(name) for name in config.method.metrics]
+    if metric_fn is not None:
+        metric_fns.append(metric_fn)
+
+    with accelerator.main_process_first():  # rank 0 tokenizes; the others read its cache
+        origins = None
+        if samples is None:
+            loaded = load_data(config.data, seed=config.train.seed)
+            samples, origins = loaded.train, loaded.train_origins
+            eval_samples = loaded.eval if eval_samples is None else eval_samples
+            eval_prompts = loaded.eval_prompts if eval_prompts is None else eval_prompts
+        prep = dict(seq_length=config.train.seq_length, truncation_side=config.tokenizer.truncation_side,
+                    cache_dir=config.data.cache_dir)
+        train_split = prepare_samples(list(samples), tokenizer, name="samples", origins=origins, **prep)
+        eval_split = prepare_samples(list(eval_samples), tokenizer, name="eval_samples", **prep) if eval_samples else None
+    prompts = build_eval_prompts(list(eval_prompts), tokenizer) if eval_prompts is not None else None
+    if accelerator.is_main_process:
+        logger.info("train data: %s", train_split.stats.summary())
+        if eval_split is not None:
+            logger.info("eval data: %s", eval_split.stats.summary())
+
+    model = load_model(config.model, tokenizer, seed=config.train.seed)
+    trainer = AccelerateSFTTrainer(
+        config, accelerator=accelerator, model=model, tokenizer=tokenizer, train_data=train_split.dataset,
+        eval_data=eval_split.dataset if eval_split else None, eval_prompts=prompts, metric_fns=metric_fns,
+        callbacks=callbacks,
+    )
+    trainer.data_stats = {"train": train_split.stats, "eval": eval_split.stats if eval_split else None}
+    trainer.learn()
+    return trainer

@@ -1,0 +1,113 @@
+"""Atomic checkpoints: written to a hidden temporary folder, then renamed into place.
+
+A crash at any moment leaves either the complete step-N/ or nothing (plus a .tmp-* folder that
+the next save removes). Weights are safetensors; optimizer and RNG states are loaded by
+Accelerate with ``torch.load(weights_only=True)``, which cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+from sft_core.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def atomic_dir_write(accelerator: Accelerator, final: Path, write: Any) -> Path:
+    """Run ``write(tmp_dir)`` on every rank, then (main rank) rename tmp_dir to ``final``."""
+    tmp = final.parent / f".tmp-{final.name}"
+    if accelerator.is_main_process:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    try:
+        write(tmp)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _fsync_tree(tmp)
+            if final.exists():
+                old = final.parent / f".old-{final.name}"
+                shutil.rmtree(old, ignore_errors=True)
+                final.rename(old)
+                tmp.rename(final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(final)
+            _fsync_dir(final.parent)
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    accelerator.wait_for_everyone()
+    return final
+
+
+def save_checkpoint(accelerator: Accelerator, path: Path, trainer_state: dict[str, Any], config_yaml: str) -> Path:
+    def write(tmp: Path) -> None:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        if accelerator.is_main_process:
+            (tmp / "config.yaml").write_text(config_yaml)
+            (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))  # last: marks it complete
+
+    return atomic_dir_write(accelerator, path, write)
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path) -> dict[str, Any]:
+    accelerator.load_state(str(path))
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def list_checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:
+    """Complete step-N checkpoints, oldest first (a folder without trainer_state.json is not one)."""
+    if not checkpoint_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in checkpoint_dir.iterdir()
+             if (m := STEP_DIR.match(p.name)) and (p / STATE_FILE).exists()]
+    return sorted(found)
+
+
+def resolve_resume(resume_from: str, checkpoint_dir: Path) -> Path | None:
+    """'latest' -> newest complete checkpoint (None if there is none yet); else a path that must exist."""
+    if resume_from == "latest":
+        found = list_checkpoints(checkpoint_dir)
+        return found[-1][1] if found else None
+    path = Path(resume_from)
+    if not (path / STATE_FILE).exists():
+        raise ConfigError("train.resume_from_checkpoint", f"{path} is not a complete checkpoint (no {STATE_FILE})")
+    return path
+
+
+def rotate_checkpoints(checkpoint_dir: Path, keep: int | None) -> None:
+    if keep is None:
+        return
+    for _, path in list_checkpoints(checkpoint_dir)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

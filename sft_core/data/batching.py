@@ -1,0 +1,96 @@
+"""Batches: a seeded, resumable order over rows, and a collator that only pads.
+
+The order is a pure function of (seed, epoch, batch index), so resuming at step N replays the
+same data, with no sampler state to save. With several processes each global batch is split
+into contiguous per-rank slices, so N ranks x batch B sees exactly the rows 1 rank x batch N*B sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Literal
+
+import torch
+
+from sft_core.data.masking import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class BatchPosition:
+    epoch: int
+    batch_in_epoch: int
+
+
+class EpochBatchSampler:
+    """Yields (position, row indices for this rank), shuffled anew each epoch with the seed."""
+
+    def __init__(self, num_rows: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True):
+        if num_rows < world_size:
+            raise ValueError(f"{num_rows} rows cannot be split across {world_size} processes")
+        self.num_rows = num_rows
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle = shuffle
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def batches_per_epoch(self) -> int:
+        full, rest = divmod(self.num_rows, self.global_batch_size)
+        return full + (rest >= self.world_size)  # a tail too small to give every rank a row is dropped
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.num_rows))
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.num_rows, generator=g).tolist()
+
+    def iter_from(self, start: BatchPosition) -> Iterator[tuple[BatchPosition, list[int]]]:
+        epoch, b = start.epoch, start.batch_in_epoch
+        while True:
+            order = self.epoch_order(epoch)
+            for i in range(b, self.batches_per_epoch):
+                rows = order[i * self.global_batch_size : (i + 1) * self.global_batch_size]
+                yield BatchPosition(epoch, i), contiguous_slice(rows, self.rank, self.world_size)
+            epoch, b = epoch + 1, 0
+
+
+def contiguous_slice(items: list, rank: int, world_size: int) -> list:
+    """Rank ``rank``'s contiguous share of ``items``; the first ``len % world_size`` ranks get one more."""
+    per_rank, extra = divmod(len(items), world_size)
+    start = rank * per_rank + min(rank, extra)
+    return items[start : start + per_rank + (rank < extra)]
+
+
+def collate(
+    input_ids: list[list[int]],
+    labels: list[list[int]] | None,
+    pad_id: int,
+    padding_side: Literal["left", "right"] = "right",
+) -> dict[str, torch.Tensor]:
+    """Pad to the longest row in this batch (not to seq_length). Labels on padding are -100.
+
+    position_ids count real tokens only, so left padding does not shift positions.
+    Example (right padding, pad_id=0):
+        input_ids [[5, 6, 7], [8]], labels [[-100, 6, 7], [8]]
+        -> input_ids [[5, 6, 7], [8, 0, 0]], labels [[-100, 6, 7], [8, -100, -100]],
+           attention_mask [[1, 1, 1], [1, 0, 0]], position_ids [[0, 1, 2], [0, 0, 0]]
+    """
+    longest = max(len(r) for r in input_ids)
+    ids = torch.full((len(input_ids), longest), pad_id, dtype=torch.long)
+    padded_labels = torch.full((len(input_ids), longest), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), longest), dtype=torch.long)
+    for i, row in enumerate(input_ids):
+        n = len(row)
+        span = slice(longest - n, longest) if padding_side == "left" else slice(0, n)
+        ids[i, span] = torch.tensor(row)
+        if labels is not None:
+            padded_labels[i, span] = torch.tensor(labels[i])
+        mask[i, span] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": ids, "labels": padded_labels, "attention_mask": mask, "position_ids": position_ids}

@@ -1,0 +1,95 @@
+"""Load the model and tokenizer named by the config: embedded, a local folder, or a hub name."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from sft_core.config import EMBEDDED_MODEL, ModelConfig, TokenizerConfig
+from sft_core.embedded import build_byte_tokenizer, build_tiny_llama
+from sft_core.errors import ConfigError, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def load_tokenizer(tok_cfg: TokenizerConfig, model_cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    path = tok_cfg.tokenizer_path or model_cfg.model_path
+    field = "tokenizer.tokenizer_path" if tok_cfg.tokenizer_path else "model.model_path"
+    if path == EMBEDDED_MODEL:
+        tokenizer = build_byte_tokenizer()
+    else:
+        local = Path(path).expanduser()
+        if local.is_dir() and not any((local / f).exists() for f in TOKENIZER_FILES):
+            raise ModelLoadError(f"{field}: folder {local} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+                                 "point tokenizer.tokenizer_path at a folder that has them")
+        tokenizer = _from_pretrained(AutoTokenizer, path, field, trust_remote_code=model_cfg.trust_remote_code,
+                                     **tok_cfg.tokenizer_extra_configs)
+    if tokenizer.pad_token_id is None:
+        # Many causal LMs ship without a pad token. Padding is masked out of attention and loss,
+        # so reusing EOS is safe; EOS itself stays a target wherever the data puts it.
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.info("Tokenizer has no pad token; using EOS (%r) for padding", tokenizer.eos_token)
+    tokenizer.padding_side = tok_cfg.padding_side
+    tokenizer.truncation_side = tok_cfg.truncation_side
+    return tokenizer
+
+
+def load_model(model_cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+    if model_cfg.model_path == EMBEDDED_MODEL:
+        model = build_tiny_llama(seed)
+    else:
+        if model_cfg.trust_remote_code:
+            logger.warning("trust_remote_code is ON: Python code from %s will run", model_cfg.model_path)
+        model = _from_pretrained(AutoModelForCausalLM, model_cfg.model_path, "model.model_path",
+                                 trust_remote_code=model_cfg.trust_remote_code, dtype=torch.float32,
+                                 **model_cfg.model_extra_configs)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    freeze_bottom_layers(model, model_cfg.num_layers_unfrozen)
+    return model
+
+
+def freeze_bottom_layers(model: PreTrainedModel, num_layers_unfrozen: int) -> None:
+    """Train only the top ``num_layers_unfrozen`` blocks (plus final norm and head); -1 trains all."""
+    if num_layers_unfrozen < 0:
+        return
+    blocks = _decoder_blocks(model)
+    model.get_input_embeddings().requires_grad_(False)
+    for block in blocks[: max(len(blocks) - num_layers_unfrozen, 0)]:
+        block.requires_grad_(False)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("model.num_layers_unfrozen", f"{num_layers_unfrozen} leaves no trainable parameter")
+
+
+def _decoder_blocks(model: PreTrainedModel) -> torch.nn.ModuleList:
+    n = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise ConfigError("model.num_layers_unfrozen", f"cannot find the {n} decoder blocks of {type(model).__name__}")
+
+
+def _from_pretrained(cls, path: str, field: str, **kwargs):
+    local = Path(path).expanduser()
+    looks_local = local.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
+    if looks_local and not local.is_dir():
+        raise ModelLoadError(f"{field}: {path} does not exist (expected a local HuggingFace model folder)")
+    if local.is_dir() and cls is AutoModelForCausalLM and not (local / "config.json").exists():
+        raise ModelLoadError(f"{field}: {local} has no config.json, so it is not a HuggingFace model folder")
+    try:
+        return cls.from_pretrained(str(local) if local.is_dir() else path, **kwargs)
+    except OSError as err:
+        if local.is_dir():
+            raise ModelLoadError(f"{field}: cannot load from {local}: {err}") from err
+        raise ModelLoadError(
+            f"{field}: {path!r} is not a local folder and could not be fetched from the HuggingFace hub "
+            f"(offline, or no such repo). Download it where there is network "
+            f"(`hf download {path} --local-dir DIR`) and set {field} to DIR. Cause: {str(err).splitlines()[0]}"
+        ) from err

@@ -1,0 +1,184 @@
+"""Where metrics go: always a local metrics.jsonl, plus MLflow or TensorBoard when configured.
+
+Only the main process tracks. A tracker that fails (say, an unreachable MLflow server) warns once
+and is switched off; training goes on, and metrics.jsonl keeps everything for a later sync.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from sft_core.config import SFTConfig
+from sft_core.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+class Tracker(Protocol):
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_samples(self, rows: list[dict[str, Any]], step: int) -> None: ...
+    def log_artifact(self, path: Path) -> None: ...
+    def finish(self, status: str = "FINISHED") -> None: ...
+
+
+class JsonlTracker:
+    """One JSON object per line: {"step": N, "time": t, metrics...}. Append-only, so resume keeps history."""
+
+    def __init__(self, logging_dir: str | Path):
+        self.dir = Path(logging_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.dir / "metrics.jsonl"
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        (self.dir / "params.json").write_text(json.dumps(params, indent=1, default=str))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps({"step": step, "time": round(time.time(), 3), **metrics}) + "\n")
+
+    def log_samples(self, rows: list[dict[str, Any]], step: int) -> None:
+        with (self.dir / "eval_samples.jsonl").open("a") as f:
+            for row in rows:
+                f.write(json.dumps({"step": step, **row}, default=str) + "\n")
+
+    def log_artifact(self, path: Path) -> None:
+        pass  # already on local disk
+
+    def finish(self, status: str = "FINISHED") -> None:
+        pass
+
+
+def read_history(metrics_path: str | Path) -> list[dict[str, Any]]:
+    path = Path(metrics_path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MLflowTracker:
+    def __init__(self, config: SFTConfig):
+        import mlflow
+
+        self.mlflow = mlflow
+        self.enabled = True
+        mlflow.set_tracking_uri(resolve_tracking_uri(config.tracking.tracking_uri))
+        run_id = os.environ.get("MLFLOW_RUN_ID")  # set by a parent (the Prefect flow) that owns the run
+        self._guard("start the run", lambda: self._start(config, run_id))
+        self.run_id = self.mlflow.active_run().info.run_id if self.enabled and mlflow.active_run() else None
+
+    def _start(self, config: SFTConfig, run_id: str | None) -> None:
+        if run_id:
+            self.mlflow.start_run(run_id=run_id)
+        else:
+            self.mlflow.set_experiment(config.tracking.experiment_name)
+            self.mlflow.start_run(run_name=config.tracking.run_name, tags=config.tracking.tags or None)
+
+    def _guard(self, what: str, call: Callable[[], Any]) -> None:
+        if not self.enabled:
+            return
+        try:
+            call()
+        except Exception as err:  # noqa: BLE001 - any tracking failure must not stop training
+            self.enabled = False
+            logger.warning("MLflow: could not %s (%s: %s). Tracking to MLflow is off for this run; metrics are "
+                           "still in metrics.jsonl (sync later with `python -m sft_core sync-mlflow LOGGING_DIR`)",
+                           what, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        clean = {k[:250]: str(v)[:6000] for k, v in params.items()}
+        self._guard("log params", lambda: self.mlflow.log_params(clean))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        clean = {mlflow_metric_name(k): v for k, v in metrics.items()}
+        self._guard("log metrics", lambda: self.mlflow.log_metrics(clean, step=step))
+
+    def log_samples(self, rows: list[dict[str, Any]], step: int) -> None:
+        if not rows:
+            return
+        columns = {k: [r.get(k) for r in rows] for k in rows[0]}
+        columns["step"] = [step] * len(rows)
+        self._guard("log eval samples",
+                    lambda: self.mlflow.log_table(data=columns, artifact_file=f"eval_samples/step_{step:06d}.json"))
+
+    def log_artifact(self, path: Path) -> None:
+        self._guard(f"log {path.name}", lambda: self.mlflow.log_artifact(str(path)))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if os.environ.get("MLFLOW_RUN_ID"):
+            return  # the parent owns the run and ends it
+        self._guard("end the run", lambda: self.mlflow.end_run(status=status))
+
+
+class TensorBoardTracker:
+    def __init__(self, logging_dir: str | Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("train.tracker", "'tensorboard' needs the tensorboard package: pip install tensorboard")
+        self.writer = SummaryWriter(str(Path(logging_dir) / "tensorboard"))
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.writer.add_text("config", "\n".join(f"{k}: {v}" for k, v in params.items()))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        for k, v in metrics.items():
+            self.writer.add_scalar(k, v, step)
+
+    def log_samples(self, rows: list[dict[str, Any]], step: int) -> None:
+        self.writer.add_text("eval_samples", "\n\n".join(json.dumps(r, default=str) for r in rows), step)
+
+    def log_artifact(self, path: Path) -> None:
+        pass
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.writer.close()
+
+
+class Trackers:
+    """Fans every call out to the configured trackers."""
+
+    def __init__(self, trackers: list[Tracker]):
+        self.trackers = trackers
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        def fan_out(*args: Any, **kwargs: Any) -> None:
+            for tracker in self.trackers:
+                getattr(tracker, name)(*args, **kwargs)
+        return fan_out
+
+    @property
+    def mlflow_run_id(self) -> str | None:
+        return next((t.run_id for t in self.trackers if isinstance(t, MLflowTracker)), None)
+
+
+def build_trackers(config: SFTConfig, is_main_process: bool) -> Trackers:
+    if not is_main_process:
+        return Trackers([])
+    trackers: list[Tracker] = [JsonlTracker(config.train.logging_dir)]
+    if config.train.tracker == "mlflow":
+        trackers.append(MLflowTracker(config))
+    elif config.train.tracker == "tensorboard":
+        trackers.append(TensorBoardTracker(config.train.logging_dir))
+    return Trackers(trackers)
+
+
+def resolve_tracking_uri(configured: str | None) -> str:
+    """Config, then $MLFLOW_TRACKING_URI, then sqlite in the working folder (never the file store)."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        uri = f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"  # MLflow needs absolute sqlite paths
+    return uri
+
+
+def mlflow_metric_name(name: str) -> str:
+    """MLflow allows letters, digits, _ - . / and space; sweep suffixes like '@temperature=0.7' are not."""
+    return re.sub(r"[^\w\-./ ]", "_", name)
