@@ -31,6 +31,7 @@ def train(
     *,
     eval_samples: Sequence[Any] | None = None,
     callbacks: Sequence[Callback] = (),
+    trainer_cls: type[AccelerateSFTTrainer] = AccelerateSFTTrainer,
     **rl_arguments: Any,
 ) -> AccelerateSFTTrainer:
     """Fine-tune and return the trainer (call ``.save_pretrained(dir)`` on it).
@@ -39,6 +40,7 @@ def train(
     Without ``samples``, ``config.data`` names the data (the embedded demo by default).
     ``eval_prompts``: strings, chat message lists, or dicts {"prompt": ..., **metadata}.
     ``metric_fn(samples=, prompts=, outputs=, **metadata)`` -> {name: list | float}.
+    ``trainer_cls``: a subclass to swap in (e.g. one with another loss); trlX picks it by name.
     """
     unknown = sorted(set(rl_arguments) - set(_RL_ARGUMENTS))
     if unknown:
@@ -80,7 +82,7 @@ def train(
             logger.info("eval data: %s", eval_split.stats.summary())
 
     model = load_model(config.model, tokenizer, seed=config.train.seed)
-    trainer = AccelerateSFTTrainer(
+    trainer = trainer_cls(
         config, accelerator=accelerator, model=model, tokenizer=tokenizer, train_data=train_split.dataset,
         eval_data=eval_split.dataset if eval_split else None, eval_prompts=prompts, metric_fns=metric_fns,
         callbacks=callbacks,

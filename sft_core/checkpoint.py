@@ -21,6 +21,16 @@ from sft_core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+
+class _TiedWeightsNote(logging.Filter):
+    """Accelerate warns on every save that it dropped tied weights (lm_head = embeddings); reload re-ties them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
+
 STATE_FILE = "trainer_state.json"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 

@@ -45,13 +45,13 @@ class TokenizerConfig(_Section):
 class TrainConfig(_Section):
     seq_length: int = Field(64, ge=2, description="Max tokens per row; longer rows are truncated.")
     epochs: int = Field(100, ge=1)  # upper bound; total_steps usually ends the run first
-    total_steps: int = Field(1200, ge=1)  # optimizer steps
+    total_steps: int = Field(1500, ge=1)  # optimizer steps
     batch_size: int = Field(64, ge=1, description="Rows per micro-batch, per process.")
     gradient_accumulation_steps: int = Field(1, ge=1)  # micro-batches per optimizer step
     max_grad_norm: float | None = Field(1.0, gt=0)  # None disables clipping
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16 autocast works on AVX-512 CPUs
-    checkpoint_interval: int = Field(400, ge=1)  # optimizer steps between checkpoints
-    eval_interval: int = Field(200, ge=1)  # optimizer steps between evaluations (also at 0 and at the end)
+    checkpoint_interval: int = Field(500, ge=1)  # optimizer steps between checkpoints
+    eval_interval: int = Field(500, ge=1)  # optimizer steps between evaluations (also at 0 and at the end)
     log_interval: int = Field(10, ge=1)  # optimizer steps between tracker writes
     checkpoint_dir: str = "runs/sft/checkpoints"  # step-N/ and best/ are written here
     logging_dir: str = "runs/sft/logs"  # metrics.jsonl, eval samples, loss curve
@@ -63,6 +63,8 @@ class TrainConfig(_Section):
     tracker: Literal["jsonl", "mlflow", "tensorboard"] | None = "jsonl"  # metrics.jsonl is always written
     resume_from_checkpoint: str | None = None  # a step-N folder, or "latest" under checkpoint_dir
     on_nonfinite_loss: Literal["raise", "skip"] = "raise"  # a NaN/inf loss stops the run, or skips the batch
+    packing: bool = True  # lay each batch's rows into seq_length blocks (no row split, no cross-row attention)
+    group_by_length: bool = False  # batch rows of similar length; beware: can make batches single-task
 
 
 class OptimizerConfig(_Section):
@@ -123,7 +125,7 @@ class DataConfig(_Section):
     eval_fraction: float = Field(0.05, ge=0, lt=1)
     max_eval_prompts: int = Field(256, ge=0)  # held-out prompts used for generation metrics
     max_rows: int | None = Field(None, ge=1)  # cap on training rows, for quick runs
-    num_demo_rows: int = Field(6000, ge=10)  # rows the embedded demo generates
+    num_demo_rows: int = Field(20000, ge=10)  # rows the embedded demo generates
     cache_dir: str | None = None  # tokenized-data cache; None: ~/.cache/sftflow/datasets
 
 
@@ -223,9 +225,19 @@ class SFTConfig(_Section):
 
     # -- derivation ---------------------------------------------------------------------------
     def evolve(self, **sections: dict[str, Any]) -> SFTConfig:
-        """A new config with ``sections`` deep-merged in: ``config.evolve(train=dict(batch_size=4))``."""
-        merged = _deep_merge(self.to_dict(), sections)
-        return type(self).from_dict(merged)
+        """A new config with ``sections`` deep-merged in: ``config.evolve(train=dict(batch_size=4))``.
+
+        One exception: switching ``optimizer.name`` or ``scheduler.name`` does not carry the old
+        kwargs over (AdamW's betas mean nothing to SGD); kwargs given with the new name replace
+        them, and without any only the optimizer's lr and weight_decay carry over.
+        """
+        base = self.to_dict()
+        for section, keep in (("optimizer", ("lr", "weight_decay")), ("scheduler", ())):
+            update = sections.get(section)
+            if isinstance(update, dict) and update.get("name", base[section]["name"]) != base[section]["name"]:
+                base[section]["kwargs"] = {k: v for k, v in base[section]["kwargs"].items()
+                                           if k in keep and "kwargs" not in update}
+        return type(self).from_dict(_deep_merge(base, sections))
 
     def with_overrides(self, overrides: dict[str, Any] | list[str]) -> SFTConfig:
         """Apply dotted overrides: ``{"train.batch_size": 4}`` or ``["train.batch_size=4"]``."""
@@ -317,8 +329,8 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, name + "."))
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))  # an empty dict adds nothing
         else:
             out[name] = value
     return out

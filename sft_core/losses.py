@@ -17,10 +17,12 @@ def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], devic
     (all micro-batches, all ranks), so every target token weighs the same however rows are batched.
     """
     labels = batch["labels"]
+    mask = batch.get("attention_mask")  # None for packed batches: position_ids separate the rows
     logits = model(
         input_ids=batch["input_ids"].to(device),
-        attention_mask=batch["attention_mask"].to(device),
+        attention_mask=None if mask is None else mask.to(device),
         position_ids=batch["position_ids"].to(device),
+        use_cache=False,  # training needs no KV cache, and with one transformers ignores packed position_ids
     ).logits
     targets = labels[:, 1:].to(device)  # token t predicts t+1
     loss_sum = F.cross_entropy(

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from sft_core.checkpoint import list_checkpoints, load_checkpoint, resolve_resume, rotate_checkpoints, save_checkpoint
 from sft_core.config import SFTConfig
-from sft_core.data.batching import BatchPosition, EpochBatchSampler, collate
+from sft_core.data.batching import BatchPosition, EpochBatchSampler, collate, pack
 from sft_core.errors import ConfigError, TrainingError
 from sft_core.evaluation import EvalPrompts, EvalResult, Evaluator
 from sft_core.export import export_model
@@ -87,7 +87,8 @@ class AccelerateSFTTrainer:
         self.train_data = train_data
         self.callbacks = list(callbacks)
         train = config.train
-        self.sampler = EpochBatchSampler(len(train_data), train.batch_size, seed=train.seed,
+        lengths = [len(ids) for ids in train_data["input_ids"]] if train.group_by_length else None
+        self.sampler = EpochBatchSampler(len(train_data), train.batch_size, seed=train.seed, lengths=lengths,
                                          rank=accelerator.process_index, world_size=accelerator.num_processes)
         self.total_steps = self._total_steps()
         _fill_deepspeed_batch_config(accelerator, config)
@@ -112,6 +113,8 @@ class AccelerateSFTTrainer:
         self._maybe_resume()
         self.trackers.log_params(self.config.flat())
         batches = self.sampler.iter_from(BatchPosition(self.state.epoch, self.state.batch_in_epoch))
+        if self.config.train.packing:
+            self._check_packing_isolates_rows()
         if self.state.step == 0:
             self.evaluate()
         progress = tqdm(total=self.total_steps, initial=self.state.step, desc="train", dynamic_ncols=True,
@@ -223,11 +226,34 @@ class AccelerateSFTTrainer:
 
     def _collate(self, rows: list[int]) -> dict[str, Any]:
         columns = self.train_data[rows]
-        batch: dict[str, Any] = collate(columns["input_ids"], columns["labels"], self.tokenizer.pad_token_id,
-                                        self.config.tokenizer.padding_side)
+        if self.config.train.packing:
+            batch: dict[str, Any] = pack(columns["input_ids"], columns["labels"], self.config.train.seq_length,
+                                         self.tokenizer.pad_token_id)
+        else:
+            batch = collate(columns["input_ids"], columns["labels"], self.tokenizer.pad_token_id,
+                            self.config.tokenizer.padding_side)
         batch["n_targets"] = sum(columns["num_targets"])
-        batch["n_tokens"] = int(batch["attention_mask"].sum())
+        batch["n_tokens"] = sum(len(ids) for ids in columns["input_ids"])
         return batch
+
+    @torch.no_grad()
+    def _check_packing_isolates_rows(self) -> None:
+        """Packing relies on the model reading row boundaries from position_ids; verify it once."""
+        rows = list(range(min(8, len(self.train_data))))
+        columns = self.train_data[rows]
+        padded = collate(columns["input_ids"], columns["labels"], self.tokenizer.pad_token_id)
+        packed = pack(columns["input_ids"], columns["labels"], self.config.train.seq_length, self.tokenizer.pad_token_id)
+        if packed["input_ids"].shape[0] == len(rows):
+            return  # nothing shares a block, so there is nothing to check
+        was_training = self.model.training
+        self.model.eval()
+        a, _ = token_loss_sum(self.model, padded, self.accelerator.device)
+        b, _ = token_loss_sum(self.model, packed, self.accelerator.device)
+        self.model.train(was_training)
+        if not torch.isclose(a.float(), b.float(), rtol=1e-3, atol=1e-3):
+            model_type = getattr(getattr(self.accelerator.unwrap_model(self.model), "config", None), "model_type", "?")
+            raise ConfigError("train.packing", f"this model ({model_type}) lets packed rows attend to each other "
+                              f"(loss {float(b):.4f} packed vs {float(a):.4f} padded); set train.packing=false")
 
     def _next_position(self, last: BatchPosition) -> tuple[int, int]:
         if last.batch_in_epoch + 1 < self.sampler.batches_per_epoch:

@@ -8,7 +8,7 @@ into contiguous per-rank slices, so N ranks x batch B sees exactly the rows 1 ra
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Iterator, Literal, Sequence
 
 import torch
 
@@ -22,12 +22,22 @@ class BatchPosition:
 
 
 class EpochBatchSampler:
-    """Yields (position, row indices for this rank), shuffled anew each epoch with the seed."""
+    """Yields (position, row indices for this rank), shuffled anew each epoch with the seed.
+
+    With ``lengths``, rows are grouped by length: the shuffled order is cut into mega-batches of
+    ``MEGABATCH`` global batches, each sorted by length, then the batches are shuffled again.
+    Batches then hold rows of similar length, so dynamic padding wastes little compute.
+    """
+
+    MEGABATCH = 50
 
     def __init__(self, num_rows: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True):
+                 shuffle: bool = True, lengths: Sequence[int] | None = None):
         if num_rows < world_size:
             raise ValueError(f"{num_rows} rows cannot be split across {world_size} processes")
+        if lengths is not None and len(lengths) != num_rows:
+            raise ValueError(f"got {len(lengths)} lengths for {num_rows} rows")
+        self.lengths = lengths
         self.num_rows = num_rows
         self.batch_size = batch_size
         self.seed = seed
@@ -48,7 +58,17 @@ class EpochBatchSampler:
         if not self.shuffle:
             return list(range(self.num_rows))
         g = torch.Generator().manual_seed(self.seed + epoch)
-        return torch.randperm(self.num_rows, generator=g).tolist()
+        order = torch.randperm(self.num_rows, generator=g).tolist()
+        if self.lengths is None:
+            return order
+        size = self.global_batch_size
+        mega = size * self.MEGABATCH
+        grouped = [i for m in range(0, len(order), mega)
+                   for i in sorted(order[m : m + mega], key=lambda r: -self.lengths[r])]
+        # Full batches are shuffled among themselves; a short tail stays last so it can be dropped.
+        n_full = len(grouped) // size
+        batch_order = torch.randperm(n_full, generator=g).tolist()
+        return [i for b in batch_order for i in grouped[b * size : (b + 1) * size]] + grouped[n_full * size :]
 
     def iter_from(self, start: BatchPosition) -> Iterator[tuple[BatchPosition, list[int]]]:
         epoch, b = start.epoch, start.batch_in_epoch
@@ -94,3 +114,41 @@ def collate(
         mask[i, span] = 1
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     return {"input_ids": ids, "labels": padded_labels, "attention_mask": mask, "position_ids": position_ids}
+
+
+def pack(input_ids: list[list[int]], labels: list[list[int]], block_len: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Lay a batch's rows out in blocks of at most ``block_len`` tokens, first-fit decreasing.
+
+    No row is split. position_ids restart at 0 for every row, which is how the model's attention
+    mask keeps each row to itself (attention_mask is None), so the loss is that of the padded
+    batch, with far less padding. A row's first label is never a target: in a packed block the
+    token before it belongs to another row.
+    Example (block_len=4): rows [5, 6, 7], [8], [9, 10] -> blocks [[5, 6, 7, 8], [9, 10, 0, 0]],
+        position_ids [[0, 1, 2, 0], [0, 1, 0, 1]]
+    """
+    order = sorted(range(len(input_ids)), key=lambda i: -len(input_ids[i]))
+    bins: list[list[int]] = []
+    fill: list[int] = []
+    for i in order:
+        n = len(input_ids[i])
+        slot = next((b for b, used in enumerate(fill) if used + n <= block_len), None)
+        if slot is None:
+            bins.append([i])
+            fill.append(n)
+        else:
+            bins[slot].append(i)
+            fill[slot] += n
+    width = max(fill)
+    ids = torch.full((len(bins), width), pad_id, dtype=torch.long)
+    packed_labels = torch.full((len(bins), width), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((len(bins), width), dtype=torch.long)
+    for b, rows in enumerate(bins):
+        col = 0
+        for i in rows:
+            n = len(input_ids[i])
+            ids[b, col : col + n] = torch.tensor(input_ids[i])
+            packed_labels[b, col + 1 : col + n] = torch.tensor(labels[i][1:])
+            position_ids[b, col : col + n] = torch.arange(n)
+            col += n
+        position_ids[b, col:] = torch.arange(width - col)  # padding forms its own (ignored) segment
+    return {"input_ids": ids, "labels": packed_labels, "attention_mask": None, "position_ids": position_ids}

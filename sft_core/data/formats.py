@@ -30,7 +30,7 @@ class Segments:
         return {"texts": self.texts, "trainable": self.trainable, "templated": self.templated}
 
 
-def detect_format(sample: Any) -> SampleFormat:
+def detect_format(sample: Any, where: str = "sample") -> SampleFormat:
     if isinstance(sample, str):
         return "text"
     if isinstance(sample, dict) and "messages" in sample:
@@ -39,13 +39,13 @@ def detect_format(sample: Any) -> SampleFormat:
         return "chat"
     if isinstance(sample, (list, tuple)):
         return "pairs" if len(sample) == 2 else "dialogue"
-    raise DataError(f"cannot tell the format of a sample of type {type(sample).__name__}: expected a string, "
-                    "a [prompt, completion] list, an alternating list, or chat messages")
+    raise DataError(f"{where}: cannot tell the format of a sample of type {type(sample).__name__}: expected a "
+                    "string, a [prompt, completion] list, an alternating list, or chat messages")
 
 
 def to_segments(sample: Any, tokenizer: Any = None, *, where: str = "sample") -> Segments:
     """One sample -> Segments. ``where`` names the sample in errors (e.g. 'samples[12]')."""
-    fmt = detect_format(sample)
+    fmt = detect_format(sample, where)
     if fmt == "text":
         if not sample:
             raise DataError(f"{where}: empty text")

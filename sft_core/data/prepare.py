@@ -26,7 +26,11 @@ from sft_core.errors import DataError
 logger = logging.getLogger(__name__)
 
 PREP_VERSION = "1"  # bump when tokenization logic changes, to invalidate caches
-DEFAULT_CACHE_DIR = Path(os.environ.get("SFTFLOW_CACHE", Path.home() / ".cache" / "sftflow")) / "datasets"
+
+
+def default_cache_dir() -> Path:
+    """$SFTFLOW_CACHE/datasets, else ~/.cache/sftflow/datasets."""
+    return Path(os.environ.get("SFTFLOW_CACHE", Path.home() / ".cache" / "sftflow")) / "datasets"
 
 
 @dataclass
@@ -82,7 +86,7 @@ def prepare_samples(
 ) -> PreparedSplit:
     rows = segment_rows(samples, tokenizer, name=name, origins=origins)
     key = _fingerprint(rows, tokenizer, seq_length, truncation_side)
-    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
     arrow_path, stats_path = cache / f"{key}.arrow", cache / f"{key}.stats.json"
     if arrow_path.exists() and stats_path.exists():
         stats = PrepStats(**json.loads(stats_path.read_text()))

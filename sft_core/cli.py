@@ -1,0 +1,103 @@
+"""Command line: ``python -m sft_core train [CONFIG.yaml] --set train.batch_size=4 ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from sft_core.config import SFTConfig, default_sft_config
+from sft_core.errors import SFTError
+
+
+def load_config(path: str | None, overrides: list[str]) -> SFTConfig:
+    config = SFTConfig.load_yaml(path) if path else default_sft_config()
+    return config.with_overrides(overrides) if overrides else config
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("accelerate", "datasets", "httpx", "urllib3", "DeepSpeed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from sft_core.api import train
+
+    config = load_config(args.config, args.set)
+    trainer = train(config=config)
+    output = Path(args.output) if args.output else Path(config.train.checkpoint_dir).parent / "model"
+    trainer.save_pretrained(output)
+    if PartialState().is_main_process:
+        summary = asdict(trainer.summary)
+        print(json.dumps({"model_dir": str(output.resolve()), **summary}, indent=1, default=str))
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary["final_metrics"].items())
+        print(f"\nTrained {summary['steps']} steps in {summary['train_seconds']:.0f}s ({metrics}).")
+        print(f"Model: {output.resolve()}   Logs: {Path(config.train.logging_dir).resolve()}")
+    return 0
+
+
+def cmd_show_data(args: argparse.Namespace) -> int:
+    """Print the first rows as the model sees them, trained-on text in [[brackets]]."""
+    from sft_core.data.masking import show_mask
+    from sft_core.data.prepare import prepare_samples
+    from sft_core.data.sources import load_data
+    from sft_core.modeling import load_tokenizer
+
+    config = load_config(args.config, args.set)
+    tokenizer = load_tokenizer(config.tokenizer, config.model)
+    loaded = load_data(config.data, seed=config.train.seed)
+    n = min(args.rows, len(loaded.train))
+    split = prepare_samples(loaded.train[:n], tokenizer, seq_length=config.train.seq_length,
+                            truncation_side=config.tokenizer.truncation_side, cache_dir=config.data.cache_dir,
+                            origins=loaded.train_origins[:n])
+    for row in split.dataset:
+        print(show_mask(row["input_ids"], row["labels"], tokenizer))
+        print("-" * 40)
+    print(split.stats.summary())
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.set)
+    print(config.to_yaml(), end="")
+    if config.ignored_keys:
+        print(f"# ignored trlX RL-only keys: {', '.join(config.ignored_keys)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sft_core", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("config", nargs="?", help="YAML config (default: the embedded demo)")
+        p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                       help="override a config field; repeatable")
+        return p
+
+    p = with_config(sub.add_parser("train", help="fine-tune, then export a HuggingFace model folder"))
+    p.add_argument("--output", help="model folder (default: next to train.checkpoint_dir, named model/)")
+    p.set_defaults(func=cmd_train)
+    p = with_config(sub.add_parser("show-data", help="show which tokens are trained on"))
+    p.add_argument("-n", "--rows", type=int, default=5)
+    p.set_defaults(func=cmd_show_data)
+    with_config(sub.add_parser("config", help="print the resolved config as YAML")).set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except SFTError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,55 @@
+"""Shared fixtures. Everything here is real: real tokenizers, models, Accelerate, files on disk."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Before any test module imports datasets/huggingface_hub, which read these once at import.
+# There is no network here: without them every hub lookup retries for half a minute.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_caches(tmp_path_factory):
+    """The tokenized-data cache in a temp folder, so tests never see a previous run's cache."""
+    os.environ["SFTFLOW_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def tiny_config(run_dir: Path, **sections):
+    """The embedded demo, cut down to seconds, writing under run_dir."""
+    from sft_core import default_sft_config
+
+    base = dict(
+        train=dict(total_steps=20, eval_interval=10, checkpoint_interval=10, log_interval=1, batch_size=16,
+                   checkpoint_dir=str(run_dir / "checkpoints"), logging_dir=str(run_dir / "logs")),
+        data=dict(num_demo_rows=600, max_eval_prompts=16, cache_dir=str(run_dir / "data-cache")),
+        scheduler=dict(warmup_steps=2),
+    )
+    config = default_sft_config().evolve(**base)
+    return config.evolve(**sections) if sections else config
+
+
+def python_env(**extra: str) -> dict[str, str]:
+    """Environment for child processes that import the project from the checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+PYTHON = sys.executable
