@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable, Sequence
 
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from sft_core.config import SFTConfig, default_sft_config
@@ -19,6 +21,19 @@ from sft_core.trainer import AccelerateSFTTrainer, Callback
 logger = logging.getLogger(__name__)
 
 _RL_ARGUMENTS = ("reward_fn", "rewards", "prompts", "dataset")
+
+
+def make_accelerator(config: SFTConfig) -> Accelerator:
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # Accelerate keeps process-wide state and refuses a second run in the same process
+        # (a notebook, a Prefect worker) with another mixed_precision. One process has no
+        # process group to lose, so start from a clean state.
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(
+        mixed_precision=config.train.mixed_precision,
+        gradient_accumulation_steps=config.train.gradient_accumulation_steps,
+        cpu=config.distributed.use_cpu,
+    )
 
 
 def train(
@@ -53,11 +68,7 @@ def train(
     if stop_sequences:
         config = config.evolve(method=dict(stop_sequences=list(stop_sequences)))
 
-    accelerator = Accelerator(
-        mixed_precision=config.train.mixed_precision,
-        gradient_accumulation_steps=config.train.gradient_accumulation_steps,
-        cpu=config.distributed.use_cpu,
-    )
+    accelerator = make_accelerator(config)
     set_seed(config.train.seed)
     tokenizer = load_tokenizer(config.tokenizer, config.model)
     metric_fns: list[MetricFn] = [resolve_metric(name) for name in config.method.metrics]

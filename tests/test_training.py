@@ -187,3 +187,19 @@ def test_losses_are_finite_and_logged_every_step(run_dir):
     steps = [h for h in read_history(run_dir / "logs" / "metrics.jsonl") if "train/loss" in h]
     assert [h["step"] for h in steps] == [1, 2, 3, 4, 5]
     assert all(math.isfinite(h["train/loss"]) and h["train/tokens_per_s"] > 0 for h in steps)
+
+
+def test_same_seed_same_run_and_bf16_close_to_fp32(run_dir):
+    """Deterministic on the CPU; bf16 autocast in the same process (Accelerate state is reset) stays close."""
+    fp32_a = train(config=tiny_config(run_dir / "a", train=dict(total_steps=4))).summary.final_metrics
+    bf16 = train(config=tiny_config(run_dir / "b", train=dict(total_steps=4, mixed_precision="bf16")))
+    assert bf16.accelerator.mixed_precision == "bf16"
+    fp32_b = train(config=tiny_config(run_dir / "c", train=dict(total_steps=4))).summary.final_metrics
+    assert fp32_a == fp32_b
+    assert bf16.summary.final_metrics != fp32_a  # autocast really ran ...
+    assert abs(bf16.summary.final_metrics["eval/loss"] - fp32_a["eval/loss"]) < 0.02  # ... and stays close
+
+
+def test_hub_model_name_offline_is_a_clear_error(run_dir):
+    with pytest.raises(ModelLoadError, match="could not be fetched from the HuggingFace hub"):
+        train(config=tiny_config(run_dir, model=dict(model_path="gpt2")))
