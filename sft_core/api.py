@@ -11,8 +11,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from sft_core.config import SFTConfig, default_sft_config
-from sft_core.data.prepare import prepare_samples
-from sft_core.data.sources import load_data
+from sft_core.data.prepared import prepare_from_config
 from sft_core.evaluation import build_eval_prompts
 from sft_core.metrics import MetricFn, resolve_metric
 from sft_core.modeling import load_model, load_tokenizer
@@ -76,28 +75,19 @@ def train(
         metric_fns.append(metric_fn)
 
     with accelerator.main_process_first():  # rank 0 tokenizes; the others read its cache
-        origins = None
-        if samples is None:
-            loaded = load_data(config.data, seed=config.train.seed)
-            samples, origins = loaded.train, loaded.train_origins
-            eval_samples = loaded.eval if eval_samples is None else eval_samples
-            eval_prompts = loaded.eval_prompts if eval_prompts is None else eval_prompts
-        prep = dict(seq_length=config.train.seq_length, truncation_side=config.tokenizer.truncation_side,
-                    cache_dir=config.data.cache_dir)
-        train_split = prepare_samples(list(samples), tokenizer, name="samples", origins=origins, **prep)
-        eval_split = prepare_samples(list(eval_samples), tokenizer, name="eval_samples", **prep) if eval_samples else None
-    prompts = build_eval_prompts(list(eval_prompts), tokenizer) if eval_prompts is not None else None
+        data = prepare_from_config(config, tokenizer, samples=samples, eval_samples=eval_samples,
+                                   eval_prompts=eval_prompts)
+    prompts = build_eval_prompts(data.eval_prompts, tokenizer) if data.eval_prompts is not None else None
     if accelerator.is_main_process:
-        logger.info("train data: %s", train_split.stats.summary())
-        if eval_split is not None:
-            logger.info("eval data: %s", eval_split.stats.summary())
+        logger.info("train data (%s): %s", data.source, data.train.stats.summary())
+        if data.eval is not None:
+            logger.info("eval data: %s", data.eval.stats.summary())
 
     model = load_model(config.model, tokenizer, seed=config.train.seed)
     trainer = trainer_cls(
-        config, accelerator=accelerator, model=model, tokenizer=tokenizer, train_data=train_split.dataset,
-        eval_data=eval_split.dataset if eval_split else None, eval_prompts=prompts, metric_fns=metric_fns,
+        config, accelerator=accelerator, model=model, tokenizer=tokenizer, train_data=data.train.dataset,
+        eval_data=data.eval.dataset if data.eval else None, eval_prompts=prompts, metric_fns=metric_fns,
         callbacks=callbacks,
     )
-    trainer.data_stats = {"train": train_split.stats, "eval": eval_split.stats if eval_split else None}
     trainer.learn()
     return trainer

@@ -72,6 +72,29 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync_mlflow(args: argparse.Namespace) -> int:
+    """Replay a run's local logs (params.json, metrics.jsonl) into a new MLflow run."""
+    from sft_core.config import TrackingConfig
+    from sft_core.tracking import MLflowTracker, read_history
+
+    logging_dir = Path(args.logging_dir)
+    history = read_history(logging_dir / "metrics.jsonl")
+    if not history:
+        print(f"error: no metrics.jsonl in {logging_dir}", file=sys.stderr)
+        return 2
+    config = default_sft_config().evolve(tracking=TrackingConfig(
+        tracking_uri=args.tracking_uri, experiment_name=args.experiment, run_name=args.run_name).model_dump())
+    tracker = MLflowTracker(config)
+    params_file = logging_dir / "params.json"
+    if params_file.exists():
+        tracker.log_params(json.loads(params_file.read_text()))
+    for row in history:
+        tracker.log_metrics({k: v for k, v in row.items() if k not in ("step", "time")}, row["step"])
+    tracker.finish()
+    print(f"synced {len(history)} metric rows into MLflow run {tracker.run_id} at {tracker.tracking_uri}")
+    return 0 if tracker.enabled else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sft_core", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -90,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--rows", type=int, default=5)
     p.set_defaults(func=cmd_show_data)
     with_config(sub.add_parser("config", help="print the resolved config as YAML")).set_defaults(func=cmd_config)
+    p = sub.add_parser("sync-mlflow", help="copy a run's local metrics.jsonl into MLflow (after it was unreachable)")
+    p.add_argument("logging_dir")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--experiment", default="sftflow")
+    p.add_argument("--run-name")
+    p.set_defaults(func=cmd_sync_mlflow)
     return parser
 
 

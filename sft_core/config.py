@@ -133,6 +133,7 @@ class TrackingConfig(_Section):
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
     experiment_name: str = "sftflow"
     run_name: str | None = None
+    run_id: str | None = None  # log into this existing MLflow run (the pipeline creates one per flow run)
     tags: dict[str, str] = Field(default_factory=dict)
     registered_model_name: str | None = None  # register the exported model under this name
     registered_model_alias: str = "candidate"

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -63,22 +64,24 @@ def read_history(metrics_path: str | Path) -> list[dict[str, Any]]:
 
 
 class MLflowTracker:
+    """Logs through an MlflowClient bound to one run id: no process-global "active run"."""
+
     def __init__(self, config: SFTConfig):
         import mlflow
 
         self.mlflow = mlflow
         self.enabled = True
-        mlflow.set_tracking_uri(resolve_tracking_uri(config.tracking.tracking_uri))
-        run_id = os.environ.get("MLFLOW_RUN_ID")  # set by a parent (the Prefect flow) that owns the run
-        self._guard("start the run", lambda: self._start(config, run_id))
-        self.run_id = self.mlflow.active_run().info.run_id if self.enabled and mlflow.active_run() else None
+        self.tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
+        self.client = mlflow.MlflowClient(self.tracking_uri)
+        self.owns_run = config.tracking.run_id is None  # else a parent (the Prefect flow) owns and ends it
+        self.run_id: str | None = config.tracking.run_id
+        if self.owns_run:
+            self._guard("start the run", lambda: self._start(config))
 
-    def _start(self, config: SFTConfig, run_id: str | None) -> None:
-        if run_id:
-            self.mlflow.start_run(run_id=run_id)
-        else:
-            self.mlflow.set_experiment(config.tracking.experiment_name)
-            self.mlflow.start_run(run_name=config.tracking.run_name, tags=config.tracking.tags or None)
+    def _start(self, config: SFTConfig) -> None:
+        experiment_id = ensure_experiment(config.tracking.experiment_name, self.tracking_uri)
+        run = self.client.create_run(experiment_id, run_name=config.tracking.run_name, tags=config.tracking.tags)
+        self.run_id = run.info.run_id
 
     def _guard(self, what: str, call: Callable[[], Any]) -> None:
         if not self.enabled:
@@ -92,28 +95,32 @@ class MLflowTracker:
                            what, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
 
     def log_params(self, params: dict[str, Any]) -> None:
-        clean = {k[:250]: str(v)[:6000] for k, v in params.items()}
-        self._guard("log params", lambda: self.mlflow.log_params(clean))
+        from mlflow.entities import Param
+
+        clean = [Param(k[:250], str(v)[:6000]) for k, v in params.items()]
+        self._guard("log params", lambda: self.client.log_batch(self.run_id, params=clean))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        clean = {mlflow_metric_name(k): v for k, v in metrics.items()}
-        self._guard("log metrics", lambda: self.mlflow.log_metrics(clean, step=step))
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        clean = [Metric(mlflow_metric_name(k), float(v), now, step) for k, v in metrics.items()]
+        self._guard("log metrics", lambda: self.client.log_batch(self.run_id, metrics=clean))
 
     def log_samples(self, rows: list[dict[str, Any]], step: int) -> None:
         if not rows:
             return
         columns = {k: [r.get(k) for r in rows] for k in rows[0]}
         columns["step"] = [step] * len(rows)
-        self._guard("log eval samples",
-                    lambda: self.mlflow.log_table(data=columns, artifact_file=f"eval_samples/step_{step:06d}.json"))
+        self._guard("log eval samples", lambda: self.client.log_table(
+            self.run_id, data=columns, artifact_file=f"eval_samples/step_{step:06d}.json"))
 
     def log_artifact(self, path: Path) -> None:
-        self._guard(f"log {path.name}", lambda: self.mlflow.log_artifact(str(path)))
+        self._guard(f"log {path.name}", lambda: self.client.log_artifact(self.run_id, str(path)))
 
     def finish(self, status: str = "FINISHED") -> None:
-        if os.environ.get("MLFLOW_RUN_ID"):
-            return  # the parent owns the run and ends it
-        self._guard("end the run", lambda: self.mlflow.end_run(status=status))
+        if self.owns_run:
+            self._guard("end the run", lambda: self.client.set_terminated(self.run_id, status))
 
 
 class TensorBoardTracker:
@@ -169,6 +176,27 @@ def build_trackers(config: SFTConfig, is_main_process: bool) -> Trackers:
     return Trackers(trackers)
 
 
+def ensure_experiment(name: str, tracking_uri: str) -> str:
+    """The experiment's id, creating it if needed. With sqlite, artifacts go beside the database
+    (``mlartifacts/``) rather than wherever the process happens to run."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if tracking_uri.startswith("sqlite:///"):
+        location = (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # noqa: BLE001 - created meanwhile by a concurrent run
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
 def resolve_tracking_uri(configured: str | None) -> str:
     """Config, then $MLFLOW_TRACKING_URI, then sqlite in the working folder (never the file store)."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
@@ -182,3 +210,17 @@ def resolve_tracking_uri(configured: str | None) -> str:
 def mlflow_metric_name(name: str) -> str:
     """MLflow allows letters, digits, _ - . / and space; sweep suffixes like '@temperature=0.7' are not."""
     return re.sub(r"[^\w\-./ ]", "_", name)
+
+
+def log_input_dataset(tracking_uri: str, run_id: str, dataset: Any, *, source: str, name: str,
+                      context: str = "training") -> None:
+    """Record the training set on the run (schema, digest, source) through ``mlflow.data``."""
+    import mlflow
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+
+    with warnings.catch_warnings():  # "integer columns cannot hold missing values": token ids never are
+        warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
+        mlflow_dataset = mlflow.data.from_huggingface(dataset, path=source, name=name)
+    tag = InputTag(key="mlflow.data.context", value=context)
+    mlflow.MlflowClient(tracking_uri).log_inputs(run_id, [DatasetInput(mlflow_dataset._to_mlflow_entity(), [tag])])

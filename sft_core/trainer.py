@@ -8,6 +8,7 @@ clip, step, schedule, log, evaluate, checkpoint. Data order is a pure function o
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -29,10 +30,12 @@ from sft_core.export import export_model
 from sft_core.losses import token_loss_sum
 from sft_core.metrics import MetricFn
 from sft_core.optim import build_optimizer, build_scheduler
-from sft_core.tracking import build_trackers
+from sft_core.plots import plot_training_curves
+from sft_core.tracking import build_trackers, read_history
 
 logger = logging.getLogger(__name__)
 
+SUMMARY_FILE = "summary.json"  # written to train.logging_dir at the end of learn()
 Callback = Callable[[str, dict[str, Any]], None]  # (event, payload): "log", "eval", "checkpoint", "end"
 
 
@@ -164,9 +167,19 @@ class AccelerateSFTTrainer:
         progress.close()
         seconds = time.perf_counter() - t_start
         self.summary = self._summarize(seconds, self.state.step - steps_at_start)
+        self._write_summary_and_plot()
         self.trackers.finish()
         self._emit("end", asdict(self.summary))
         return self.summary
+
+    def _write_summary_and_plot(self) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        logging_dir = Path(self.config.train.logging_dir)
+        (logging_dir / SUMMARY_FILE).write_text(json.dumps(asdict(self.summary), indent=1))
+        plot = plot_training_curves(read_history(logging_dir / "metrics.jsonl"), logging_dir / "loss_curve.png")
+        if plot is not None:
+            self.trackers.log_artifact(plot)
 
     # -- evaluation, checkpoints, export -----------------------------------------------------
     def evaluate(self) -> EvalResult:

@@ -8,6 +8,7 @@ template (Alpaca built in) and an optional one-column filter such as ``label == 
 from __future__ import annotations
 
 import ast
+import hashlib
 import csv
 import io
 import json
@@ -318,3 +319,19 @@ def _prompts_with_references(samples: list[Any], limit: int) -> list[dict[str, A
             if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
                 prompts.append({"prompt": messages[:-1], "reference": messages[-1]["content"]})
     return prompts[:limit] or None
+
+
+def fingerprint_source(path_or_name: str | None) -> str:
+    """A content hash of a data file or folder (names, sizes and bytes), for caching prepared data.
+
+    Hub names and the embedded demo hash their name: their content is fixed by the name and config.
+    """
+    h = hashlib.sha256(str(path_or_name).encode())
+    path = Path(str(path_or_name)).expanduser()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    for file in files:
+        h.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:24]

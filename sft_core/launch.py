@@ -1,0 +1,137 @@
+"""Run training in a child process group: torchrun on CPUs, `accelerate launch` with a shipped config on GPUs.
+
+The child's output is streamed line by line to a callback; a deadline, a cancel or an error in
+the parent kills every process the child started (torchrun's workers run in sessions of their
+own, so the whole tree is collected and signalled, then SIGKILLed after a grace period).
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from sft_core.config import DistributedConfig
+
+LAUNCH_CONFIGS = Path(__file__).with_name("launch_configs")
+
+
+class ChildFailed(RuntimeError):
+    def __init__(self, message: str, tail: list[str]):
+        self.tail = tail
+        super().__init__(message + ("\n--- last lines ---\n" + "\n".join(tail) if tail else ""))
+
+
+def launch_command(config_path: str | Path, dist: DistributedConfig, *, output_dir: str | Path,
+                   gpu_available: bool) -> tuple[list[str], dict[str, str]]:
+    """The command line and extra environment for one training run."""
+    train_args = ["-m", "sft_core", "train", str(config_path), "--output", str(output_dir)]
+    env = {"PYTHONUNBUFFERED": "1"}
+    if dist.num_processes == 1 and dist.accelerate_config == "single":
+        return [sys.executable, *train_args], env
+    if dist.use_cpu or not gpu_available:
+        # `accelerate launch --cpu --num_processes N` silently runs one process; torchrun does not.
+        env["ACCELERATE_USE_CPU"] = "true"
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(dist.num_processes),
+                "--master_port", str(free_port()), *train_args], env
+    config_file = dist.accelerate_config
+    if (LAUNCH_CONFIGS / f"{config_file}.yaml").exists():
+        config_file = str(LAUNCH_CONFIGS / f"{config_file}.yaml")
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file, "--num_processes",
+            str(dist.num_processes), "--main_process_port", str(free_port()), *train_args], env
+
+
+def run_child(cmd: list[str], *, env: dict[str, str], cwd: str | Path | None = None,
+              on_line: Callable[[str], None] = print, on_tick: Callable[[], None] | None = None,
+              timeout_s: float | None = None, tail_lines: int = 40, on_start: Callable[[int], None] | None = None) -> None:
+    """Run ``cmd`` to completion; raise ChildFailed (with the log's tail) on error or deadline."""
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+    if on_start is not None:
+        on_start(proc.pid)
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
+    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=1.0)
+            except queue.Empty:
+                line = ""
+            if line is None:
+                break
+            if line:
+                tail.append(line)
+                on_line(line)
+            if on_tick is not None:
+                on_tick()
+            if deadline is not None and time.monotonic() > deadline:
+                kill_tree(proc.pid)
+                raise ChildFailed(f"training exceeded its {timeout_s:.0f}s deadline and was killed", list(tail))
+        code = proc.wait()
+    finally:
+        if proc.poll() is None:  # cancelled, interrupted or failed in the parent: take the children down
+            kill_tree(proc.pid)
+    if code != 0:
+        raise ChildFailed(f"training process exited with code {code}", list(tail))
+
+
+def kill_tree(pid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM the process, its group and every descendant; SIGKILL whatever outlives the grace period."""
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in family:
+        _signal(p, signal.SIGTERM)
+    _, alive = psutil.wait_procs(family, timeout=grace_s)
+    for p in alive:
+        _signal(p, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _signal(p: psutil.Process, sig: int) -> None:
+    try:
+        p.send_signal(sig)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        pass
+
+
+def _read_lines(stream, out: queue.Queue) -> None:
+    """Split on \\n and \\r, so tqdm's in-place updates arrive as lines too."""
+    buffer = b""
+    for chunk in iter(lambda: stream.read1(65536), b""):
+        buffer += chunk
+        *complete, buffer = buffer.replace(b"\r", b"\n").split(b"\n")
+        for raw in complete:
+            out.put(raw.decode("utf-8", "replace").rstrip())
+    if buffer:
+        out.put(buffer.decode("utf-8", "replace").rstrip())
+    out.put(None)
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM if the parent dies, even by SIGKILL (torchrun then stops its workers)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass

@@ -1,0 +1,65 @@
+"""The pipeline's parameter: what a user fills in on the Prefect UI's run form.
+
+Every field is a plain type with a description, enums render as dropdowns, and anything left
+empty keeps the value of the base config (the embedded demo, or ``config_path``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"title": "SFT run"})
+
+    config_path: str | None = Field(
+        None, description="Base sft_core YAML config (e.g. configs/alpaca_local.yaml). Empty: the embedded demo.")
+    model_path: str | None = Field(
+        None, description="Local HuggingFace model folder, or 'embedded:tiny-llama'. Empty: from the base config.")
+    data_path: str | None = Field(
+        None, description="Training data: .jsonl/.json/.csv/.parquet/.txt, a saved dataset folder, or 'embedded:demo'.")
+    total_steps: int | None = Field(None, ge=1, description="Optimizer steps (demo default: 1500).")
+    batch_size: int | None = Field(None, ge=1, description="Rows per micro-batch, per process (demo default: 64).")
+    learning_rate: float | None = Field(None, gt=0, description="Peak learning rate (demo default: 0.003).")
+    eval_interval: int | None = Field(None, ge=1, description="Steps between generation evals (demo default: 500).")
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = Field(None, description="Autocast precision.")
+    metrics: list[str] | None = Field(
+        None, description="Eval metrics: built-in names (exact_match, length, distinct_n, rouge) or "
+                          "'module:function' from an allowed module. Empty: from the base config.")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description='Any other config field, dotted: {"train.seed": 7, "data.max_rows": 500}.')
+
+    num_processes: int = Field(1, ge=1, description="Training processes. >1 launches torchrun (CPU) or "
+                                                    "accelerate launch (GPU) as a child process.")
+    accelerate_config: Literal["single", "ddp", "zero2", "zero3"] = Field(
+        "single", description="Shipped Accelerate config for GPU launches (DeepSpeed ZeRO-2/3 need the extra).")
+    launch: Literal["auto", "in_process", "subprocess"] = Field(
+        "auto", description="auto: in this process for 1 process without a timeout, else a child process.")
+    train_timeout_minutes: float | None = Field(
+        None, gt=0, description="Kill training (the whole process tree) after this long. Runs it as a child.")
+    concurrency_limit: str | None = Field(
+        None, description="Name of a Prefect global concurrency limit to hold while training, e.g. 'gpu'.")
+
+    run_name: str | None = Field(
+        None, description="Run folder name under runs_dir. Empty: the flow run's name. An existing run resumes "
+                          "from its last checkpoint.")
+    runs_dir: str = Field("runs", description="Where run folders are created.")
+    export: Literal["final", "best"] = Field("final", description="Which weights to export and register.")
+    experiment_name: str = Field("sftflow", description="MLflow experiment.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI. Empty: $MLFLOW_TRACKING_URI, else sqlite in the working folder.")
+    registered_model_name: str | None = Field(
+        "sftflow-demo", description="Register the exported model under this name. Empty: log without registering.")
+    model_alias: str = Field("candidate", description="Alias set on the new model version.")
+
+    def config_overrides(self) -> dict[str, Any]:
+        """The form fields as dotted sft_core overrides (only those that were filled in)."""
+        mapped = {
+            "model.model_path": self.model_path, "data.path": self.data_path, "train.total_steps": self.total_steps,
+            "train.batch_size": self.batch_size, "optimizer.kwargs.lr": self.learning_rate,
+            "train.eval_interval": self.eval_interval, "train.mixed_precision": self.mixed_precision,
+            "method.metrics": self.metrics,
+        }
+        return {**{k: v for k, v in mapped.items() if v is not None}, **self.overrides}
