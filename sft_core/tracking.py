@@ -221,6 +221,6 @@ def log_input_dataset(tracking_uri: str, run_id: str, dataset: Any, *, source: s
 
     with warnings.catch_warnings():  # "integer columns cannot hold missing values": token ids never are
         warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
-        mlflow_dataset = mlflow.data.from_huggingface(dataset, path=source, name=name)
+        entity = mlflow.data.from_huggingface(dataset, path=source, name=name)._to_mlflow_entity()
     tag = InputTag(key="mlflow.data.context", value=context)
-    mlflow.MlflowClient(tracking_uri).log_inputs(run_id, [DatasetInput(mlflow_dataset._to_mlflow_entity(), [tag])])
+    mlflow.MlflowClient(tracking_uri).log_inputs(run_id, [DatasetInput(entity, [tag])])

@@ -6,26 +6,43 @@ empty keeps the value of the base config (the embedded demo, or ``config_path``)
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+
+
+def _no_null_default(schema: dict[str, Any]) -> None:
+    if "default" in schema and schema["default"] is None:
+        del schema["default"]  # the UI would prefill a null, then reject it as not of the type
+
+
+# "Empty keeps the base config's value": shown to the UI as a plain input of the type, left empty,
+# rather than a switch between the type and None.
+_EMPTY = Field(json_schema_extra=_no_null_default)
+OptionalInt = Annotated[int | None, WithJsonSchema({"type": "integer"}), _EMPTY]
+OptionalFloat = Annotated[float | None, WithJsonSchema({"type": "number"}), _EMPTY]
+OptionalStr = Annotated[str | None, WithJsonSchema({"type": "string"}), _EMPTY]
+OptionalStrList = Annotated[list[str] | None, WithJsonSchema({"type": "array", "items": {"type": "string"}}), _EMPTY]
+Precision = Annotated[Literal["no", "bf16", "fp16"] | None,
+                      WithJsonSchema({"enum": ["no", "bf16", "fp16", None]}), _EMPTY]
 
 
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"title": "SFT run"})
 
-    config_path: str | None = Field(
+    config_path: OptionalStr = Field(
         None, description="Base sft_core YAML config (e.g. configs/alpaca_local.yaml). Empty: the embedded demo.")
-    model_path: str | None = Field(
+    model_path: OptionalStr = Field(
         None, description="Local HuggingFace model folder, or 'embedded:tiny-llama'. Empty: from the base config.")
-    data_path: str | None = Field(
+    data_path: OptionalStr = Field(
         None, description="Training data: .jsonl/.json/.csv/.parquet/.txt, a saved dataset folder, or 'embedded:demo'.")
-    total_steps: int | None = Field(None, ge=1, description="Optimizer steps (demo default: 1500).")
-    batch_size: int | None = Field(None, ge=1, description="Rows per micro-batch, per process (demo default: 64).")
-    learning_rate: float | None = Field(None, gt=0, description="Peak learning rate (demo default: 0.003).")
-    eval_interval: int | None = Field(None, ge=1, description="Steps between generation evals (demo default: 500).")
-    mixed_precision: Literal["no", "bf16", "fp16"] | None = Field(None, description="Autocast precision.")
-    metrics: list[str] | None = Field(
+    total_steps: OptionalInt = Field(None, ge=1, description="Optimizer steps (demo default: 1500).")
+    batch_size: OptionalInt = Field(None, ge=1, description="Rows per micro-batch, per process (demo default: 64).")
+    learning_rate: OptionalFloat = Field(None, gt=0, description="Peak learning rate (demo default: 0.003).")
+    eval_interval: OptionalInt = Field(None, ge=1, description="Steps between generation evals (demo default: 500).")
+    mixed_precision: Precision = Field(None, description="Autocast precision.")
+    metrics: OptionalStrList = Field(
         None, description="Eval metrics: built-in names (exact_match, length, distinct_n, rouge) or "
                           "'module:function' from an allowed module. Empty: from the base config.")
     overrides: dict[str, Any] = Field(
@@ -37,20 +54,20 @@ class PipelineConfig(BaseModel):
         "single", description="Shipped Accelerate config for GPU launches (DeepSpeed ZeRO-2/3 need the extra).")
     launch: Literal["auto", "in_process", "subprocess"] = Field(
         "auto", description="auto: in this process for 1 process without a timeout, else a child process.")
-    train_timeout_minutes: float | None = Field(
+    train_timeout_minutes: OptionalFloat = Field(
         None, gt=0, description="Kill training (the whole process tree) after this long. Runs it as a child.")
-    concurrency_limit: str | None = Field(
+    concurrency_limit: OptionalStr = Field(
         None, description="Name of a Prefect global concurrency limit to hold while training, e.g. 'gpu'.")
 
-    run_name: str | None = Field(
+    run_name: OptionalStr = Field(
         None, description="Run folder name under runs_dir. Empty: the flow run's name. An existing run resumes "
                           "from its last checkpoint.")
     runs_dir: str = Field("runs", description="Where run folders are created.")
     export: Literal["final", "best"] = Field("final", description="Which weights to export and register.")
     experiment_name: str = Field("sftflow", description="MLflow experiment.")
-    tracking_uri: str | None = Field(
+    tracking_uri: OptionalStr = Field(
         None, description="MLflow tracking URI. Empty: $MLFLOW_TRACKING_URI, else sqlite in the working folder.")
-    registered_model_name: str | None = Field(
+    registered_model_name: OptionalStr = Field(
         "sftflow-demo", description="Register the exported model under this name. Empty: log without registering.")
     model_alias: str = Field("candidate", description="Alias set on the new model version.")
 
