@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/python -m sft_core train
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m flows.sft
 
 test: setup
 	$(BIN)/python -m pytest -q

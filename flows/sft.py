@@ -7,12 +7,12 @@ trigger runs from the Prefect UI (see deployments/).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows.local_server import use_lean_temporary_server
 from sft_core.config import parse_set_args
 from tasks.artifacts import PipelineResult
 from tasks.configure import FLOW_RUN_TAG, configure
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-name")
     parser.add_argument("--num-processes", type=int, default=1)
     args = parser.parse_args(argv)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network to send telemetry to
+    use_lean_temporary_server()
     params = PipelineConfig(config_path=args.config, overrides=parse_set_args(args.set), run_name=args.run_name,
                             num_processes=args.num_processes)
     result = sft_pipeline(params)

@@ -95,6 +95,16 @@ def cmd_sync_mlflow(args: argparse.Namespace) -> int:
     return 0 if tracker.enabled else 1
 
 
+def cmd_export_embedded(args: argparse.Namespace) -> int:
+    """Write the embedded tiny Llama and its tokenizer as a HuggingFace model folder."""
+    from sft_core.embedded import build_byte_tokenizer, build_tiny_llama
+
+    build_tiny_llama(args.seed).save_pretrained(args.directory)
+    build_byte_tokenizer().save_pretrained(args.directory)
+    print(f"wrote {Path(args.directory).resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sft_core", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -119,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="sftflow")
     p.add_argument("--run-name")
     p.set_defaults(func=cmd_sync_mlflow)
+    p = sub.add_parser("export-embedded", help="write the embedded tiny Llama as a HuggingFace model folder")
+    p.add_argument("directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_export_embedded)
     return parser
 
 

@@ -75,6 +75,9 @@ class MLflowTracker:
         self.client = mlflow.MlflowClient(self.tracking_uri)
         self.owns_run = config.tracking.run_id is None  # else a parent (the Prefect flow) owns and ends it
         self.run_id: str | None = config.tracking.run_id
+        self.flush_every_s = 10.0
+        self._pending: list[Any] = []
+        self._last_flush = time.monotonic()
         if self.owns_run:
             self._guard("start the run", lambda: self._start(config))
 
@@ -101,11 +104,19 @@ class MLflowTracker:
         self._guard("log params", lambda: self.client.log_batch(self.run_id, params=clean))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Buffered: one database write every ``flush_every_s`` (each write costs the training loop time)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        clean = [Metric(mlflow_metric_name(k), float(v), now, step) for k, v in metrics.items()]
-        self._guard("log metrics", lambda: self.client.log_batch(self.run_id, metrics=clean))
+        self._pending += [Metric(mlflow_metric_name(k), float(v), now, step) for k, v in metrics.items()]
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        batch, self._pending = self._pending, []
+        self._last_flush = time.monotonic()
+        for start in range(0, len(batch), 1000):  # MLflow's log_batch limit
+            self._guard("log metrics", lambda: self.client.log_batch(self.run_id, metrics=batch[start:start + 1000]))
 
     def log_samples(self, rows: list[dict[str, Any]], step: int) -> None:
         if not rows:
@@ -119,6 +130,7 @@ class MLflowTracker:
         self._guard(f"log {path.name}", lambda: self.client.log_artifact(self.run_id, str(path)))
 
     def finish(self, status: str = "FINISHED") -> None:
+        self.flush()
         if self.owns_run:
             self._guard("end the run", lambda: self.client.set_terminated(self.run_id, status))
 

@@ -16,7 +16,7 @@ from tasks.artifacts import ExportedModel, PreparedData, RunConfig, TrainResult
 class TrainingProgress:
     """Percent of optimizer steps done, updated at most every ``min_interval_s`` seconds."""
 
-    def __init__(self, total_steps: int, metrics_path: Path, min_interval_s: float = 2.0):
+    def __init__(self, total_steps: int, metrics_path: Path, min_interval_s: float = 5.0):
         self.total_steps = total_steps
         self.metrics_path = metrics_path
         self.min_interval_s = min_interval_s

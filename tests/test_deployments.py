@@ -169,6 +169,7 @@ def test_custom_run_from_the_ui_in_a_real_browser(served, tmp_path):
     """Headless Chromium: find the deployment, fill the run form, submit, and see five tasks complete."""
     from playwright.sync_api import sync_playwright
 
+    assert CHROMIUM, "SFTFLOW_REQUIRE_BROWSER is set but no chromium binary is on PATH"
     shots = Path(os.environ.get("SFTFLOW_SCREENSHOT_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     ui = served["ui"]

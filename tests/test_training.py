@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 from sft_core import ConfigError, DataError, ModelLoadError, default_sft_config, train
 from sft_core.data import collate
 from sft_core.data.masking import IGNORE_INDEX
@@ -203,3 +203,20 @@ def test_same_seed_same_run_and_bf16_close_to_fp32(run_dir):
 def test_hub_model_name_offline_is_a_clear_error(run_dir):
     with pytest.raises(ModelLoadError, match="could not be fetched from the HuggingFace hub"):
         train(config=tiny_config(run_dir, model=dict(model_path="gpt2")))
+
+
+def test_example_alpaca_config_runs_on_a_local_model_folder(run_dir):
+    """configs/alpaca_local.yaml: a local HF model folder + Alpaca JSONL, the path beyond the demo."""
+    from sft_core import SFTConfig
+    from sft_core.cli import main
+
+    assert main(["export-embedded", str(run_dir / "model-in")]) == 0
+    config = SFTConfig.load_yaml(ROOT / "configs" / "alpaca_local.yaml").evolve(
+        model=dict(model_path=str(run_dir / "model-in")),
+        data=dict(path=str(ROOT / "configs" / "examples" / "alpaca_sample.jsonl")),
+        train=dict(total_steps=4, eval_interval=4, checkpoint_interval=4, checkpoint_dir=str(run_dir / "ck"),
+                   logging_dir=str(run_dir / "logs")),
+    )
+    trainer = train(config=config)
+    assert {"metrics/exact_match", "metrics/rougeL", "eval/loss"} <= set(trainer.summary.final_metrics)
+    assert trainer.summary.best_metric == "metrics/rougeL"

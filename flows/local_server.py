@@ -1,0 +1,21 @@
+"""Lean settings for the temporary Prefect server a local run starts when no PREFECT_API_URL is set.
+
+That server shares the machine with training. Its background services (scheduler, late-run and
+pause sweeps, automations...) serve deployments and workers, which a one-off local run has none
+of; turned off, they stop taking CPU from training. A real server (PREFECT_API_URL) is untouched.
+"""
+
+from __future__ import annotations
+
+import os
+
+IDLE_SERVICES = ("SCHEDULER", "LATE_RUNS", "FOREMAN", "PAUSE_EXPIRATIONS", "REPOSSESSOR", "CANCELLATION_CLEANUP",
+                 "TRIGGERS", "CLEANUP_RECONCILER")
+
+
+def use_lean_temporary_server() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network to send telemetry to
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    for service in IDLE_SERVICES:
+        os.environ.setdefault(f"PREFECT_SERVER_SERVICES_{service}_ENABLED", "false")
