@@ -84,6 +84,8 @@ def train(
             logger.info("eval data: %s", data.eval.stats.summary())
 
     model = load_model(config.model, tokenizer, seed=config.train.seed)
+    if config.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainer = trainer_cls(
         config, accelerator=accelerator, model=model, tokenizer=tokenizer, train_data=data.train.dataset,
         eval_data=data.eval.dataset if data.eval else None, eval_prompts=prompts, metric_fns=metric_fns,

@@ -313,7 +313,8 @@ class AccelerateSFTTrainer:
 
     def _track(self, metrics: dict[str, float]) -> None:
         self.trackers.log_metrics(metrics, self.state.step)
-        self._emit("log", {"step": self.state.step, "total_steps": self.total_steps, "metrics": metrics})
+        self._emit("log", {"step": self.state.step, "total_steps": self.total_steps, "metrics": metrics,
+                           "target_tokens_seen": self.state.target_tokens_seen})
 
     def _emit(self, event: str, payload: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:

@@ -37,14 +37,28 @@ def make_demo_row(task: str, rng: random.Random) -> tuple[str, str]:
 
 
 def make_demo_split(num_rows: int, *, held_out_fraction: float = 0.05, seed: int = 0) -> DemoSplit:
-    """Deterministic for a seed; tasks are interleaved evenly; prompts are unique across both splits."""
+    """Deterministic for a seed; tasks take turns; prompts are unique across both splits.
+
+    A task whose prompts run out (there are 10,000 additions) drops out of the rotation.
+    """
     rng = random.Random(seed)
     seen: set[str] = set()
     rows: list[tuple[str, str]] = []
+    live = list(TASKS)
+    misses = 0
     while len(rows) < num_rows:
-        prompt, completion = make_demo_row(TASKS[len(rows) % len(TASKS)], rng)
-        if prompt not in seen:
-            seen.add(prompt)
-            rows.append((prompt, completion))
+        if not live:
+            raise ValueError(f"the demo tasks have fewer than {num_rows} distinct prompts")
+        task = live[len(rows) % len(live)]
+        prompt, completion = make_demo_row(task, rng)
+        if prompt in seen:
+            misses += 1
+            if misses > 1000:  # this task is (nearly) exhausted
+                live.remove(task)
+                misses = 0
+            continue
+        misses = 0
+        seen.add(prompt)
+        rows.append((prompt, completion))
     n_held_out = max(1, round(num_rows * held_out_fraction))
     return DemoSplit(train=rows[n_held_out:], held_out=rows[:n_held_out])

@@ -1,0 +1,213 @@
+"""sft_core against TRL's SFTTrainer (defaults, and packing=True) and a hand-written PyTorch loop.
+
+    python -m benchmarks.vs_trl            # ~10 min on 2 CPU cores; needs `pip install -e .[bench]`
+    python -m benchmarks.vs_trl --quick    # fewer timed steps, no flow timing: a smoke run
+
+Every number is measured in this run, on this machine, side by side: each contender trains the
+same model folder on the same rows with the same seed, batch size, sequence length, learning rate
+and number of steps, in a process of its own. Prints a table and writes benchmarks/results/*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from benchmarks.workloads import WORKLOADS, Workload, build_model_folder
+
+RESULTS = Path(__file__).with_name("results")
+# ours_ckpt: ours with gradient checkpointing, which TRL turns on by default: the memory-for-speed trade made alike.
+CONTENDERS = ("ours", "ours_ckpt", "trl", "trl_packing", "plain")
+
+
+def run_contender(name: str, workload: Workload, model_dir: Path) -> dict:
+    out = Path(tempfile.mkdtemp()) / "result.json"
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.contenders", name, workload.to_json(), str(model_dir),
+                           str(out)], env=env, capture_output=True, text=True, timeout=1200)
+    if proc.returncode != 0:
+        return {"contender": name, "workload": workload.name, "error": proc.stderr[-2000:]}
+    return json.loads(out.read_text())
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an n x n x n matmul with this process's threads (best of `repeats`)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def flops_per_token(params: int) -> float:
+    """6N: forward + backward of the dense layers (attention scores add a few % at these lengths)."""
+    return 6.0 * params
+
+
+def generation_speed(n_prompts: int = 64, new_tokens: int = 16) -> dict:
+    from sft_core.data.formats import prompt_segments
+    from sft_core.data.prepare import encode_prompt
+    from sft_core.embedded import build_byte_tokenizer, build_tiny_llama, make_demo_split
+    from sft_core.generation import generate_texts
+
+    tok, model = build_byte_tokenizer(), build_tiny_llama(0)
+    prompts = [encode_prompt(prompt_segments(p), tok) for p, _ in make_demo_split(2000).held_out[:n_prompts]]
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    timings = {}
+    for label, batch in (("batched", n_prompts), ("one_at_a_time", 1)):
+        generate_texts(model, tok, prompts[:2], kwargs, batch_size=batch)  # warm-up
+        t = time.perf_counter()
+        generate_texts(model, tok, prompts, kwargs, batch_size=batch)
+        timings[label] = n_prompts * new_tokens / (time.perf_counter() - t)
+    return {"prompts": n_prompts, "new_tokens": new_tokens, "batched_tokens_per_s": timings["batched"],
+            "one_at_a_time_tokens_per_s": timings["one_at_a_time"],
+            "ratio": timings["batched"] / timings["one_at_a_time"]}
+
+
+def data_prep_speed(rows: int = 100_000) -> dict:
+    from sft_core.data.prepare import prepare_samples
+    from sft_core.embedded import build_byte_tokenizer, make_demo_split
+
+    tok = build_byte_tokenizer()
+    samples = [list(p) for p in make_demo_split(rows, held_out_fraction=0.0001).train]
+    cache = tempfile.mkdtemp()
+    t = time.perf_counter()
+    prepare_samples(samples, tok, seq_length=64, truncation_side="right", cache_dir=cache)
+    cold = time.perf_counter() - t
+    t = time.perf_counter()
+    cached = prepare_samples(samples, tok, seq_length=64, truncation_side="right", cache_dir=cache)
+    warm = time.perf_counter() - t
+    assert cached.stats.cached
+    return {"rows": len(samples), "cold_s": cold, "cached_s": warm}
+
+
+def flow_overhead(steps: int) -> dict:
+    """Wall time of `python -m flows.sft` against `python -m sft_core train`, same config, fresh folders."""
+    sets = ["--set", f"train.total_steps={steps}", "--set", f"train.eval_interval={steps}"]
+    timings = {}
+    for label, cmd in (("bare", [sys.executable, "-m", "sft_core", "train", *sets]),
+                       ("flow", [sys.executable, "-m", "flows.sft", *sets])):
+        work = tempfile.mkdtemp()
+        env = {**os.environ, "PREFECT_HOME": str(Path(work) / "prefect"), "MLFLOW_TRACKING_URI": "",
+               "SFTFLOW_CACHE": str(Path(work) / "cache")}
+        env.pop("PREFECT_API_URL", None)
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1200)
+        timings[label] = time.perf_counter() - t
+        if proc.returncode != 0:
+            return {"error": f"{label}: {proc.stderr[-2000:]}"}
+    return {"steps": steps, "bare_s": timings["bare"], "flow_s": timings["flow"],
+            "overhead_s": timings["flow"] - timings["bare"]}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def summarize(results: list[dict], peak_fp32: float) -> dict:
+    by = {(r["workload"], r["contender"]): r for r in results}
+    summary = {}
+    for name in {r["workload"] for r in results}:
+        row = {}
+        for mine, other in (("ours", "trl"), ("ours", "trl_packing"), ("ours", "plain"), ("ours_ckpt", "trl")):
+            ours, them = by.get((name, mine), {}), by.get((name, other), {})
+            if not ours or not them or "error" in ours or "error" in them:
+                continue
+            row[f"{mine}_vs_{other}"] = {
+                "tokens_per_s": ratio(ours["target_tokens_per_s"], them["target_tokens_per_s"]),
+                "peak_rss": ratio(ours["peak_rss_mb"], them["peak_rss_mb"]),
+                "time_to_first_step": ratio(ours["time_to_first_step_s"], them["time_to_first_step_s"]),
+                "eval_loss": ratio(ours["eval_loss"], them["eval_loss"]),
+            }
+        ours = by.get((name, "ours"), {})
+        if "target_tokens_per_s" in ours:
+            row["ours_mfu_fp32"] = ours["target_tokens_per_s"] * flops_per_token(ours["params"]) / (peak_fp32 * 1e9)
+        summary[name] = row
+    return summary
+
+
+def print_table(results: list[dict], summary: dict) -> None:
+    print(f"\n{'workload':8} {'contender':12} {'target tok/s':>12} {'first step s':>12} {'peak RSS MB':>11} "
+          f"{'eval loss':>9}")
+    for r in results:
+        if "error" in r:
+            print(f"{r['workload']:8} {r['contender']:12} ERROR: {r['error'].strip().splitlines()[-1][:80]}")
+            continue
+        print(f"{r['workload']:8} {r['contender']:12} {r['target_tokens_per_s']:12.0f} {r['time_to_first_step_s']:12.1f}"
+              f" {r['peak_rss_mb']:11.0f} {r['eval_loss']:9.4f}")
+    print("\nratios ours / other (tokens/s: higher is better; RSS, first step, eval loss: lower is better)")
+    for name, row in summary.items():
+        for key, vals in row.items():
+            if isinstance(vals, dict):
+                shown = "  ".join(f"{k}={v:.2f}" for k, v in vals.items() if v is not None)
+                print(f"  {name:8} {key:16} {shown}")
+        if "ours_mfu_fp32" in row:
+            print(f"  {name:8} MFU (fp32 peak)   {row['ours_mfu_fp32']:.1%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short windows, skip the flow timing")
+    parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS))
+    parser.add_argument("--contenders", nargs="*", default=list(CONTENDERS))
+    args = parser.parse_args()
+    started = time.time()
+    torch.set_num_threads(torch.get_num_threads())
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, n=512, repeats=2)}
+    print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s "
+          f"({torch.get_num_threads()} threads)")
+
+    results = []
+    with tempfile.TemporaryDirectory() as models:
+        for name in args.workloads:
+            workload = WORKLOADS[name]
+            if args.quick:
+                workload = replace(workload, window_steps=max(2, workload.window_steps // 4))
+            model_dir = build_model_folder(workload.model, Path(models) / workload.model)
+            for contender in args.contenders:
+                print(f"running {contender} on {name} ...", flush=True)
+                results.append(run_contender(contender, workload, model_dir))
+    summary = summarize(results, peaks["fp32"])
+    print_table(results, summary)
+
+    extras = {"generation": generation_speed(), "data_prep": data_prep_speed()}
+    if not args.quick:
+        extras["flow_overhead"] = flow_overhead(steps=200)
+    gen, prep = extras["generation"], extras["data_prep"]
+    print(f"\neval generation, {gen['prompts']} prompts x {gen['new_tokens']} tokens: batched "
+          f"{gen['batched_tokens_per_s']:.0f} tok/s vs one at a time {gen['one_at_a_time_tokens_per_s']:.0f} tok/s "
+          f"= {gen['ratio']:.1f}x")
+    print(f"data prep, {prep['rows']} rows: cold {prep['cold_s']:.1f}s, cached {prep['cached_s']:.2f}s")
+    if "flow_overhead" in extras:
+        flow = extras["flow_overhead"]
+        print("flow overhead: " + (flow["error"][-300:] if "error" in flow else
+              f"{flow['flow_s']:.1f}s flow vs {flow['bare_s']:.1f}s bare trainer = +{flow['overhead_s']:.1f}s "
+              f"({flow['steps']} steps)"))
+
+    report = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                          "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+              "matmul_peak_gflops": peaks, "results": results, "summary": summary, **extras,
+              "wall_s": time.time() - started}
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for path in (RESULTS / f"vs_trl-{stamp}.json", RESULTS / "vs_trl-latest.json"):
+        path.write_text(json.dumps(report, indent=1))
+    print(f"\nwrote {RESULTS / 'vs_trl-latest.json'} in {report['wall_s'] / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The shared work every contender does: one model folder, one data set, one set of hyperparameters."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# ~20M parameters: the "larger" model of the benchmark (the embedded one is 0.8M).
+MEDIUM_LLAMA = dict(hidden_size=448, intermediate_size=1216, num_hidden_layers=8, num_attention_heads=7,
+                    num_key_value_heads=7, max_position_embeddings=1024)
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    model: str  # "tiny" (the embedded config) or "medium"
+    data: str  # "demo" or "varlen"
+    seq_length: int
+    batch_size: int
+    lr: float
+    warmup_steps: int  # untimed steps, then `windows` timed windows of `window_steps`
+    window_steps: int
+    windows: int = 3
+    seed: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.warmup_steps + self.windows * self.window_steps
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+WORKLOADS = {
+    "demo": Workload("demo", model="tiny", data="demo", seq_length=64, batch_size=64, lr=3e-3, warmup_steps=5,
+                     window_steps=20),
+    "varlen": Workload("varlen", model="medium", data="varlen", seq_length=512, batch_size=4, lr=5e-4,
+                       warmup_steps=2, window_steps=4),
+}
+
+
+def build_model_folder(kind: str, folder: Path) -> Path:
+    """The contenders all load the same saved folder (weights, config, byte-level tokenizer)."""
+    from transformers import LlamaForCausalLM
+
+    from sft_core.embedded import build_byte_tokenizer, tiny_llama_config
+    import torch
+
+    if (folder / "config.json").exists():
+        return folder
+    config = tiny_llama_config()
+    if kind == "medium":
+        for key, value in MEDIUM_LLAMA.items():
+            setattr(config, key, value)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    build_byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def _words(rng: random.Random, n: int) -> str:
+    return " ".join("".join(rng.choice("etaoinshrdlucmfwyp") for _ in range(rng.randint(2, 7))) for _ in range(n))
+
+
+def varlen_pairs(n: int, seed: int) -> list[tuple[str, str]]:
+    """Instruction rows whose byte length (= token count) is spread evenly over about 16-512."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        total = rng.randint(16, 500)
+        prompt_len = max(4, int(total * rng.uniform(0.2, 0.7)))
+        prompt = ("summarize: " + _words(rng, prompt_len))[:prompt_len] + "\n"
+        completion = _words(rng, total)[: max(4, total - prompt_len)]
+        rows.append((prompt, completion))
+    return rows
+
+
+def load_pairs(kind: str, seed: int = 0) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(train, held_out) pairs."""
+    if kind == "demo":
+        from sft_core.embedded import make_demo_split
+
+        split = make_demo_split(20000, held_out_fraction=0.02)
+        return split.train, split.held_out
+    rows = varlen_pairs(2064, seed)
+    return rows[64:], rows[:64]
