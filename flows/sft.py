@@ -7,13 +7,16 @@ trigger runs from the Prefect UI (see deployments/).
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
 from flows.local_server import use_lean_temporary_server
+from sft_core.checkpoint import list_checkpoints
 from sft_core.config import parse_set_args
+from sft_core.tracking import probe_tracking_server, redact_uri, resolve_tracking_uri
 from tasks.artifacts import PipelineResult
 from tasks.configure import FLOW_RUN_TAG, configure
 from tasks.define_metrics import define_metrics
@@ -23,40 +26,48 @@ from tasks.save import save
 from tasks.train import train
 
 
-def _mark_mlflow_run_failed(flow, flow_run, state) -> None:
-    """A failed or crashed flow leaves its MLflow run marked FAILED, not RUNNING forever."""
+def _close_failed_run(flow, flow_run, state) -> None:
+    """A failed or crashed flow marks its MLflow run FAILED (not RUNNING forever), and removes its
+    run folder when that holds nothing to keep (no checkpoint, no model): bad input leaves no half-made run."""
     try:
-        import mlflow
-
         params = PipelineConfig.model_validate(flow_run.parameters.get("config") or {})
-        from sft_core.tracking import resolve_tracking_uri
-
-        client = mlflow.MlflowClient(resolve_tracking_uri(params.tracking_uri))
-        experiment = client.get_experiment_by_name(params.experiment_name)
-        if experiment is None:
-            return
-        for run in client.search_runs([experiment.experiment_id],
-                                      filter_string=f"tags.`{FLOW_RUN_TAG}` = '{flow_run.id}'"):
-            client.set_terminated(run.info.run_id, "FAILED")
+        run_dir = Path(params.runs_dir) / (params.run_name or flow_run.name)
+        if run_dir.is_dir() and not list_checkpoints(run_dir / "checkpoints") and not (run_dir / "model").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        _mark_mlflow_run_failed(params, str(flow_run.id))
     except Exception:  # noqa: BLE001 - a hook must not mask the flow's own error
         pass
 
 
-@flow(name="sft-pipeline", on_failure=[_mark_mlflow_run_failed], on_crashed=[_mark_mlflow_run_failed])
+def _mark_mlflow_run_failed(params: PipelineConfig, flow_run_id: str) -> None:
+    import mlflow
+
+    uri = resolve_tracking_uri(params.tracking_uri)
+    probe_tracking_server(uri)  # a down server would hold the hook in MLflow's retries for minutes
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(params.experiment_name)
+    if experiment is None:
+        return
+    for run in client.search_runs([experiment.experiment_id], filter_string=f"tags.`{FLOW_RUN_TAG}` = '{flow_run_id}'"):
+        client.set_terminated(run.info.run_id, "FAILED")
+
+
+@flow(name="sft-pipeline", on_failure=[_close_failed_run], on_crashed=[_close_failed_run])
 def sft_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineResult:
     """Fine-tune a causal LM and register it in MLflow."""
     run = configure(config)
     data = prepare_data(run.data_spec)
     if not Path(data.path).exists():  # a cached result whose folder was deleted since
         data = prepare_data.with_options(refresh_cache=True)(run.data_spec)
-    metrics = define_metrics(run.config.method.metrics, data)
+    metrics = define_metrics(run.config.method.metrics, data, run.config.method.metric_module_prefixes)
     trained = train(run, data, metrics)
     exported = save(run, trained, data)
-    get_run_logger().info("Model: %s | MLflow run %s (%s)%s", exported.model_dir, run.mlflow_run_id, run.tracking_uri,
+    get_run_logger().info("Model: %s | MLflow run %s (%s)%s", exported.model_dir, run.mlflow_run_id,
+                          redact_uri(run.tracking_uri),
                           f" | registered {exported.registered_name} v{exported.version}" if exported.version else "")
     return PipelineResult(
         run_name=run.run_name, run_dir=run.run_dir, model_dir=exported.model_dir, final_metrics=trained.final_metrics,
-        mlflow_run_id=run.mlflow_run_id, tracking_uri=run.tracking_uri, model_uri=exported.model_uri,
+        mlflow_run_id=run.mlflow_run_id, tracking_uri=redact_uri(run.tracking_uri), model_uri=exported.model_uri,
         registered_name=exported.registered_name, version=exported.version,
     )
 

@@ -70,7 +70,8 @@ def train(
     accelerator = make_accelerator(config)
     set_seed(config.train.seed)
     tokenizer = load_tokenizer(config.tokenizer, config.model)
-    metric_fns: list[MetricFn] = [resolve_metric(name) for name in config.method.metrics]
+    metric_fns: list[MetricFn] = [resolve_metric(name, config.method.metric_module_prefixes)
+                                  for name in config.method.metrics]
     if metric_fn is not None:
         metric_fns.append(metric_fn)
 

@@ -7,15 +7,18 @@ Accelerate with ``torch.load(weights_only=True)``, which cannot run code.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
 
 from sft_core.errors import ConfigError
 
@@ -32,6 +35,14 @@ class _TiedWeightsNote(logging.Filter):
 logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
 
 STATE_FILE = "trainer_state.json"
+
+
+def _out_of_space(err: BaseException) -> bool:
+    """ENOSPC/EFBIG/EDQUOT, raised as an OSError or (by safetensors' Rust writer) as a message."""
+    codes = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    if isinstance(err, OSError):
+        return err.errno in codes
+    return any(f"(os error {code})" in str(err) for code in codes)
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -57,9 +68,12 @@ def atomic_dir_write(accelerator: Accelerator, final: Path, write: Any) -> Path:
             else:
                 tmp.rename(final)
             _fsync_dir(final.parent)
-    except BaseException:
+    except BaseException as err:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
+        if _out_of_space(err):
+            raise OSError(errno.ENOSPC, f"could not write {final}: {err} (disk full, or over a quota or file-size "
+                                        "limit); nothing was written there") from err
         raise
     accelerator.wait_for_everyone()
     return final
@@ -76,7 +90,17 @@ def save_checkpoint(accelerator: Accelerator, path: Path, trainer_state: dict[st
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path) -> dict[str, Any]:
-    accelerator.load_state(str(path))
+    rng_file = path / f"random_states_{accelerator.process_index}.pkl"
+    try:
+        if rng_file.exists():
+            # Accelerate skips an unreadable RNG file with an info line, so a resume would silently
+            # differ from the original run; read it here first (same weights-only loader) to refuse it.
+            accelerate_load(rng_file)
+        accelerator.load_state(str(path))
+    except pickle.UnpicklingError as err:  # torch.load(weights_only=True) met something other than tensors
+        raise ConfigError("train.resume_from_checkpoint", f"{path} holds pickled objects that are not plain tensors "
+                          f"and states, so it was not loaded (loading them could run code): "
+                          f"{str(err).splitlines()[0]}") from None
     return json.loads((path / STATE_FILE).read_text())
 
 

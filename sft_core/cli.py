@@ -75,7 +75,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_sync_mlflow(args: argparse.Namespace) -> int:
     """Replay a run's local logs (params.json, metrics.jsonl) into a new MLflow run."""
     from sft_core.config import TrackingConfig
-    from sft_core.tracking import MLflowTracker, read_history
+    from sft_core.tracking import MLflowTracker, read_history, redact_uri
 
     logging_dir = Path(args.logging_dir)
     history = read_history(logging_dir / "metrics.jsonl")
@@ -91,7 +91,7 @@ def cmd_sync_mlflow(args: argparse.Namespace) -> int:
     for row in history:
         tracker.log_metrics({k: v for k, v in row.items() if k not in ("step", "time")}, row["step"])
     tracker.finish()
-    print(f"synced {len(history)} metric rows into MLflow run {tracker.run_id} at {tracker.tracking_uri}")
+    print(f"synced {len(history)} metric rows into MLflow run {tracker.run_id} at {redact_uri(tracker.tracking_uri)}")
     return 0 if tracker.enabled else 1
 
 

@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 
 EMBEDDED_MODEL = "embedded:tiny-llama"
 EMBEDDED_DATA = "embedded:demo"
+# Modules a "module:function" metric may come from. The UI passes strings, so this is what stands
+# between a form field and arbitrary imports: sft_core's own, and the conventional user module names.
+DEFAULT_METRIC_MODULE_PREFIXES = ("sft_core.", "metrics.", "sftflow_metrics.")
 
 
 class _Section(BaseModel):
@@ -101,6 +104,8 @@ class MethodConfig(_Section):
         default_factory=lambda: dict(max_new_tokens=16, do_sample=False)
     )  # a list value runs a sweep over that key, as in trlX
     metrics: list[str] = Field(default_factory=lambda: ["exact_match"])  # built-in names or "module:function"
+    # "module:function" metrics import only from modules under these prefixes (a UI form must not name os:system)
+    metric_module_prefixes: list[str] = Field(default_factory=lambda: list(DEFAULT_METRIC_MODULE_PREFIXES))
     stop_sequences: list[str] = Field(default_factory=list)  # generated text is cut at the first one
     eval_batch_size: int = Field(64, ge=1)  # prompts per generate() call
 

@@ -12,15 +12,12 @@ import logging
 import math
 from typing import Any, Callable, Sequence
 
+from sft_core.config import DEFAULT_METRIC_MODULE_PREFIXES
 from sft_core.errors import MetricError
 
 logger = logging.getLogger(__name__)
 
 MetricFn = Callable[..., dict[str, Any]]
-
-# Modules a "module:function" reference may come from. The UI passes strings, so this is
-# what stands between a form field and arbitrary imports.
-DEFAULT_ALLOWED_PREFIXES = ("sft_core.", "metrics.", "sftflow_metrics.", "tests.")
 
 
 def _references(metadata: dict[str, list[Any]]) -> list[str] | None:
@@ -67,8 +64,9 @@ BUILTIN_METRICS: dict[str, MetricFn] = {
 }
 
 
-def resolve_metric(ref: str, allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES) -> MetricFn:
-    """A built-in name, or 'package.module:function' from an allowed module prefix."""
+def resolve_metric(ref: str, allowed_prefixes: Sequence[str] = DEFAULT_METRIC_MODULE_PREFIXES) -> MetricFn:
+    """A built-in name, or 'package.module:function' from a module under ``allowed_prefixes``
+    (method.metric_module_prefixes)."""
     if ref in BUILTIN_METRICS:
         return BUILTIN_METRICS[ref]
     module_name, sep, attr = ref.partition(":")
@@ -77,7 +75,7 @@ def resolve_metric(ref: str, allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED_P
                           "or give 'module:function'")
     if not any(module_name == p.rstrip(".") or module_name.startswith(p) for p in allowed_prefixes):
         raise MetricError(f"method.metrics: {ref!r} is outside the allowed module prefixes "
-                          f"{list(allowed_prefixes)}; add its prefix to allow it")
+                          f"{list(allowed_prefixes)}; add its prefix to method.metric_module_prefixes to allow it")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:

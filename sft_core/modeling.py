@@ -81,10 +81,22 @@ def _from_pretrained(cls, path: str, field: str, **kwargs):
     looks_local = local.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
     if looks_local and not local.is_dir():
         raise ModelLoadError(f"{field}: {path} does not exist (expected a local HuggingFace model folder)")
-    if local.is_dir() and cls is AutoModelForCausalLM and not (local / "config.json").exists():
-        raise ModelLoadError(f"{field}: {local} has no config.json, so it is not a HuggingFace model folder")
+    if local.is_dir() and cls is AutoModelForCausalLM:
+        if not (local / "config.json").exists():
+            raise ModelLoadError(f"{field}: {local} has no config.json, so it is not a HuggingFace model folder")
+        if not any(local.glob("*.safetensors")):
+            raise ModelLoadError(f"{field}: {local} has no .safetensors weights. Weights are read only as safetensors "
+                                 "(pickled .bin/.pt files can run code when loaded); convert them where you trust "
+                                 "them: AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR)")
+    if cls is AutoModelForCausalLM:
+        kwargs["use_safetensors"] = True
     try:
         return cls.from_pretrained(str(local) if local.is_dir() else path, **kwargs)
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise ModelLoadError(f"{field}: {path} ships its own Python code, which is not run unless you set "
+                             "model.trust_remote_code=true (only for a folder you trust)") from None
     except OSError as err:
         if local.is_dir():
             raise ModelLoadError(f"{field}: cannot load from {local}: {err}") from err

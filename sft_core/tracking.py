@@ -10,10 +10,12 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from sft_core.config import SFTConfig
 from sft_core.errors import ConfigError
@@ -38,7 +40,7 @@ class JsonlTracker:
         self.metrics_path = self.dir / "metrics.jsonl"
 
     def log_params(self, params: dict[str, Any]) -> None:
-        (self.dir / "params.json").write_text(json.dumps(params, indent=1, default=str))
+        (self.dir / "params.json").write_text(json.dumps(redact_params(params), indent=1, default=str))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         with self.metrics_path.open("a") as f:
@@ -82,6 +84,7 @@ class MLflowTracker:
             self._guard("start the run", lambda: self._start(config))
 
     def _start(self, config: SFTConfig) -> None:
+        probe_tracking_server(self.tracking_uri)
         experiment_id = ensure_experiment(config.tracking.experiment_name, self.tracking_uri)
         run = self.client.create_run(experiment_id, run_name=config.tracking.run_name, tags=config.tracking.tags)
         self.run_id = run.info.run_id
@@ -100,7 +103,7 @@ class MLflowTracker:
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        clean = [Param(k[:250], str(v)[:6000]) for k, v in params.items()]
+        clean = [Param(k[:250], str(v)[:6000]) for k, v in redact_params(params).items()]
         self._guard("log params", lambda: self.client.log_batch(self.run_id, params=clean))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -217,6 +220,38 @@ def resolve_tracking_uri(configured: str | None) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"  # MLflow needs absolute sqlite paths
     return uri
+
+
+def probe_tracking_server(uri: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds when an http(s) tracking server is down; MLflow itself retries for minutes."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "localhost", port), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConnectionError(f"no MLflow server answers at {redact_uri(uri)} ({err})") from None
+
+
+_SECRET_QUERY = re.compile(r"(?i)\b([\w.-]*(?:token|password|passwd|secret|key|signature|sig|credential)[\w.-]*=)[^&]*")
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any user:password@ and token-like query values replaced by ***."""
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    netloc = f"***@{parts.netloc.rpartition('@')[2]}" if "@" in parts.netloc else parts.netloc
+    query = _SECRET_QUERY.sub(r"\1***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return uri  # untouched (urlunsplit would also rewrite sqlite://// paths)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def redact_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Params as they may be logged: credentials inside URI values are masked."""
+    return {k: redact_uri(v) if isinstance(v, str) else v for k, v in params.items()}
 
 
 def mlflow_metric_name(name: str) -> str:

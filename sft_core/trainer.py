@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -105,13 +106,29 @@ class AccelerateSFTTrainer:
             log_samples=config.tracking.log_samples, synced_gpus=_is_zero3(accelerator),
         )
         self.state = TrainerState(global_batch_size=self.sampler.global_batch_size * train.gradient_accumulation_steps)
-        self.trackers = build_trackers(config, accelerator.is_main_process)
         self.checkpoint_dir = Path(train.checkpoint_dir)
+        # Folders this run creates; removed again if it fails before its first checkpoint (nothing to resume).
+        self._new_dirs = {_topmost_missing(Path(d)) for d in (train.checkpoint_dir, train.logging_dir)} - {None}
+        self.trackers = build_trackers(config, accelerator.is_main_process)
         self.summary: TrainSummary | None = None
         self.last_eval: EvalResult | None = None
 
     # -- the loop ----------------------------------------------------------------------------
     def learn(self) -> TrainSummary:
+        """Train to total_steps. A failure before the first checkpoint leaves no folders behind."""
+        try:
+            return self._learn()
+        except Exception:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        self.trackers.finish(status="FAILED")
+        if self.accelerator.is_main_process and not list_checkpoints(self.checkpoint_dir):
+            for directory in self._new_dirs:
+                shutil.rmtree(directory, ignore_errors=True)
+
+    def _learn(self) -> TrainSummary:
         train = self.config.train
         self._maybe_resume()
         self.trackers.log_params(self.config.flat())
@@ -138,7 +155,7 @@ class AccelerateSFTTrainer:
             loss_sum = torch.zeros((), dtype=torch.float64)
             for batch in batches_t:
                 with self.accelerator.accumulate(self.model):
-                    batch_loss, _ = token_loss_sum(self.model, batch, self.accelerator.device)
+                    batch_loss = self.compute_loss(batch)
                     self.accelerator.backward(batch_loss * scale.to(batch_loss.device, batch_loss.dtype))
                 loss_sum += batch_loss.detach().double().cpu()
             loss = float(self._sum_over_ranks(loss_sum) / n_targets.clamp(min=1))
@@ -196,8 +213,16 @@ class AccelerateSFTTrainer:
             self._update_best(result)
         return result
 
+    def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Summed token loss of one micro-batch (the loop normalizes it). Override in a subclass for another loss."""
+        loss_sum, _ = token_loss_sum(self.model, batch, self.accelerator.device)
+        return loss_sum
+
     def save(self, directory: str | Path | None = None) -> Path:
         """A full checkpoint (weights, optimizer, scheduler, RNG, data position) for resuming."""
+        if not self._weights_are_finite():
+            raise TrainingError(f"non-finite weights after step {self.state.step} (the update diverged); not saved. "
+                                f"{self._last_good_checkpoint()} Lower optimizer.kwargs.lr or set train.max_grad_norm")
         self.state.scheduler = self.scheduler.state_dict()
         path = Path(directory) if directory else self.checkpoint_dir / f"step-{self.state.step}"
         path = save_checkpoint(self.accelerator, path, asdict(self.state), self.config.to_yaml())
@@ -289,15 +314,22 @@ class AccelerateSFTTrainer:
         if math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm)):
             return True
         step = self.state.step + 1
-        if self.config.train.on_nonfinite_loss == "skip":
+        if self.config.train.on_nonfinite_loss == "skip" and self._weights_are_finite():
             self.state.skipped_steps += 1
             logger.warning("Non-finite loss (%s) at step %d: batch skipped (%d so far)", loss, step,
                            self.state.skipped_steps)
             return False
+        broken = "" if self._weights_are_finite() else " The weights themselves are non-finite, so skipping cannot help."
+        raise TrainingError(f"non-finite loss ({loss}) at step {step}.{broken} {self._last_good_checkpoint()} "
+                            "Lower optimizer.kwargs.lr, or set train.on_nonfinite_loss=skip to skip such batches")
+
+    def _weights_are_finite(self) -> bool:
+        finite = torch.tensor(all(bool(p.detach().isfinite().all()) for p in self.model.parameters()))
+        return bool(self._sum_over_ranks(finite.double()) == self.accelerator.num_processes)
+
+    def _last_good_checkpoint(self) -> str:
         last = list_checkpoints(self.checkpoint_dir)
-        raise TrainingError(f"non-finite loss ({loss}) at step {step}; the last good checkpoint is "
-                            f"{last[-1][1] if last else 'none'}. Lower optimizer.kwargs.lr, or set "
-                            "train.on_nonfinite_loss=skip to skip such batches")
+        return f"The last good checkpoint is {last[-1][1]}." if last else "There is no checkpoint yet."
 
     def _update_best(self, result: EvalResult) -> None:
         train = self.config.train
@@ -375,6 +407,16 @@ def _resolve_best_metric(configured: str | None, metrics: dict[str, float]) -> s
         if candidate in metrics:
             return candidate
     raise ConfigError("train.best_metric", f"{configured!r} is not among the eval metrics: {sorted(metrics)}")
+
+
+def _topmost_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what creating it would add)."""
+    path = path.resolve()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
 
 
 def _is_zero3(accelerator: Accelerator) -> bool:

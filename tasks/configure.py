@@ -11,7 +11,7 @@ from prefect.runtime import flow_run
 
 from sft_core.config import SFTConfig, default_sft_config
 from sft_core.data.sources import fingerprint_source
-from sft_core.tracking import ensure_experiment, resolve_tracking_uri
+from sft_core.tracking import ensure_experiment, probe_tracking_server, redact_uri, resolve_tracking_uri
 from tasks.artifacts import DataSpec, RunConfig
 from tasks.params import PipelineConfig
 
@@ -74,6 +74,7 @@ def start_mlflow_run(tracking_uri: str, experiment: str, run_name: str) -> tuple
 
     flow_run_id = flow_run.get_id()
     try:
+        probe_tracking_server(tracking_uri)
         client = mlflow.MlflowClient(tracking_uri)
         experiment_id = ensure_experiment(experiment, tracking_uri)
         if flow_run_id:
@@ -85,10 +86,11 @@ def start_mlflow_run(tracking_uri: str, experiment: str, run_name: str) -> tuple
         return run.info.run_id, experiment_id
     except Exception as err:  # noqa: BLE001 - MLflow being down must not stop training
         get_run_logger().warning("MLflow at %s is unreachable (%s); training goes on with local logs only. "
-                                 "Sync later: python -m sft_core sync-mlflow RUN_DIR/logs", tracking_uri, err)
+                                 "Sync later: python -m sft_core sync-mlflow RUN_DIR/logs",
+                                 redact_uri(tracking_uri), err)
         return None, None
 
 
 def mlflow_run_url(tracking_uri: str, experiment_id: str | None, run_id: str) -> str:
-    base = tracking_uri if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+    base = redact_uri(tracking_uri).replace("***@", "") if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -10,6 +10,7 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
     update_progress_artifact
 
+from sft_core.tracking import redact_uri
 from tasks.artifacts import ExportedModel, PreparedData, RunConfig, TrainResult
 
 
@@ -87,7 +88,7 @@ def publish_summary(run: RunConfig, data: PreparedData, trained: TrainResult, ex
 
 **Registry**: {registry}
 
-**MLflow run**: `{run.mlflow_run_id}` at `{run.tracking_uri}`
+**MLflow run**: `{run.mlflow_run_id}` at `{redact_uri(run.tracking_uri)}`
 """)
 
 

@@ -30,6 +30,18 @@ def run_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A Prefect test server for every in-process flow run (Prefect's own harness; a real API server),
+    started once: it takes ~20 s."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
 def tiny_config(run_dir: Path, **sections):
     """The embedded demo, cut down to seconds, writing under run_dir."""
     from sft_core import default_sft_config
@@ -53,3 +65,30 @@ def python_env(**extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def small_run(tmp_path, **changes):
+    """Pipeline parameters for a seconds-long run on the embedded demo, with its own runs/ and MLflow store."""
+    from tasks.params import PipelineConfig
+
+    base = dict(
+        total_steps=20, eval_interval=10, runs_dir=str(tmp_path / "runs"),
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", registered_model_name="sft-test",
+        overrides={"data.num_demo_rows": 600, "data.max_eval_prompts": 16, "train.batch_size": 16,
+                   "train.checkpoint_interval": 10},
+    )
+    return PipelineConfig(**{**base, **changes})
+
+
+def task_runs(flow_run_id):
+    """The flow run's task runs, in the order they started."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def read():
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return sorted(runs, key=lambda r: r.expected_start_time)
+    return asyncio.run(read())

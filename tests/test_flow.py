@@ -2,47 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import mlflow
 import mlflow.transformers
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.testing.utilities import prefect_test_harness
 
+from conftest import small_run, task_runs
 from flows.sft import sft_pipeline
-from tasks.params import PipelineConfig
-
-STAGES = ["configure", "prepare_data", "define_metrics", "train", "save"]
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    import os
-
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def small_run(tmp_path, **changes) -> PipelineConfig:
-    base = dict(
-        total_steps=20, eval_interval=10, runs_dir=str(tmp_path / "runs"),
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", registered_model_name="sft-test",
-        overrides={"data.num_demo_rows": 600, "data.max_eval_prompts": 16, "train.batch_size": 16,
-                   "train.checkpoint_interval": 10},
-    )
-    return PipelineConfig(**{**base, **changes})
-
-
-def task_runs(flow_run_id):
-    async def read():
-        async with get_client() as client:
-            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            return sorted(runs, key=lambda r: r.expected_start_time)
-    return asyncio.run(read())
 
 
 def test_pipeline_runs_five_stages_and_registers_a_model(prefect_server, tmp_path):
@@ -51,7 +16,7 @@ def test_pipeline_runs_five_stages_and_registers_a_model(prefect_server, tmp_pat
     assert state.is_completed(), state
     result = state.result()
     runs = task_runs(state.state_details.flow_run_id)
-    assert [r.task_key.split("-")[0] for r in runs] == STAGES
+    assert [r.task_key.split("-")[0] for r in runs] == ["configure", "prepare_data", "define_metrics", "train", "save"]
     assert all(r.state.is_completed() for r in runs)
 
     client = mlflow.MlflowClient(params.tracking_uri)
