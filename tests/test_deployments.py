@@ -20,7 +20,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
 
-from conftest import ROOT, python_env
+from conftest import python_env
 from sft_core.launch import free_port, kill_tree
 
 pytestmark = pytest.mark.slow

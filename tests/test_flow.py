@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import mlflow
 import mlflow.transformers
-import pytest
 
 from conftest import small_run, task_runs
 from flows.sft import sft_pipeline
