@@ -6,6 +6,7 @@ and is switched off; training goes on, and metrics.jsonl keeps everything for a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import socket
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from sft_core.config import SFTConfig
@@ -74,7 +75,8 @@ class MLflowTracker:
         self.mlflow = mlflow
         self.enabled = True
         self.tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
-        self.client = mlflow.MlflowClient(self.tracking_uri)
+        with _sqlite_store_lock(self.tracking_uri):
+            self.client = mlflow.MlflowClient(self.tracking_uri)
         self.owns_run = config.tracking.run_id is None  # else a parent (the Prefect flow) owns and ends it
         self.run_id: str | None = config.tracking.run_id
         self.flush_every_s = 10.0
@@ -196,20 +198,34 @@ def ensure_experiment(name: str, tracking_uri: str) -> str:
     (``mlartifacts/``) rather than wherever the process happens to run."""
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    location = None
-    if tracking_uri.startswith("sqlite:///"):
-        location = (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:  # noqa: BLE001 - created meanwhile by a concurrent run
+    with _sqlite_store_lock(tracking_uri):
+        client = mlflow.MlflowClient(tracking_uri)  # opening a new sqlite store runs its migrations
         found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if tracking_uri.startswith("sqlite:///"):
+            location = (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        return client.create_experiment(name, artifact_location=location)
+
+
+@contextlib.contextmanager
+def _sqlite_store_lock(tracking_uri: str) -> Iterator[None]:
+    """Runs that start at once on a new sqlite store would each run its schema migrations and
+    collide; a file lock beside the database lets the first create it and the others find it."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(tracking_uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(f"{db.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def resolve_tracking_uri(configured: str | None) -> str:

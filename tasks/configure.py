@@ -75,8 +75,8 @@ def start_mlflow_run(tracking_uri: str, experiment: str, run_name: str) -> tuple
     flow_run_id = flow_run.get_id()
     try:
         probe_tracking_server(tracking_uri)
+        experiment_id = ensure_experiment(experiment, tracking_uri)  # first: it opens the store under a lock
         client = mlflow.MlflowClient(tracking_uri)
-        experiment_id = ensure_experiment(experiment, tracking_uri)
         if flow_run_id:
             found = client.search_runs([experiment_id], filter_string=f"tags.`{FLOW_RUN_TAG}` = '{flow_run_id}'")
             if found:
