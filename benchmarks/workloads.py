@@ -43,21 +43,11 @@ WORKLOADS = {
 
 def build_model_folder(kind: str, folder: Path) -> Path:
     """The contenders all load the same saved folder (weights, config, byte-level tokenizer)."""
-    from transformers import LlamaForCausalLM
-
-    from sft_core.embedded import build_byte_tokenizer, tiny_llama_config
-    import torch
+    from sft_core.embedded import save_embedded_model
 
     if (folder / "config.json").exists():
         return folder
-    config = tiny_llama_config()
-    if kind == "medium":
-        for key, value in MEDIUM_LLAMA.items():
-            setattr(config, key, value)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    build_byte_tokenizer().save_pretrained(folder)
-    return folder
+    return save_embedded_model(folder, seed=0, **(MEDIUM_LLAMA if kind == "medium" else {}))
 
 
 def _words(rng: random.Random, n: int) -> str:

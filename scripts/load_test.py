@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,12 +24,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT_NAME = "sft-train"
 MODEL_NAME = "sft-load"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout_s: float, what: str) -> None:
@@ -62,6 +55,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--timeout-minutes", type=float, default=20)
     args = parser.parse_args()
+
+    from sft_core.launch import free_port
 
     home = Path(tempfile.mkdtemp(prefix="sft-load-"))
     port = free_port()

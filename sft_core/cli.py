@@ -97,10 +97,9 @@ def cmd_sync_mlflow(args: argparse.Namespace) -> int:
 
 def cmd_export_embedded(args: argparse.Namespace) -> int:
     """Write the embedded tiny Llama and its tokenizer as a HuggingFace model folder."""
-    from sft_core.embedded import build_byte_tokenizer, build_tiny_llama
+    from sft_core.embedded import save_embedded_model
 
-    build_tiny_llama(args.seed).save_pretrained(args.directory)
-    build_byte_tokenizer().save_pretrained(args.directory)
+    save_embedded_model(args.directory, seed=args.seed)
     print(f"wrote {Path(args.directory).resolve()}")
     return 0
 

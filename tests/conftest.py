@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,29 @@ def python_env(**extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def wait_for(predicate, timeout_s: float, what: str, *, proc=None, every_s: float = 0.5):
+    """Poll until predicate() is truthy and return its value; fail if ``proc`` exits first or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process ended (code {proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(every_s)
+
+
+def listeners_beyond_loopback(pid: int) -> list[str]:
+    """Addresses the process tree of ``pid`` listens on other than 127.0.0.1 / ::1."""
+    import psutil
+
+    tree = {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
+    return [f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.net_connections("inet")
+            if c.pid in tree and c.status == psutil.CONN_LISTEN and c.laddr.ip not in ("127.0.0.1", "::1")]
 
 
 def small_run(tmp_path, **changes):

@@ -19,7 +19,7 @@ import torch
 
 from conftest import small_run, tiny_config
 from sft_core import ConfigError, DataError, MetricError, ModelLoadError, SFTConfig, train
-from sft_core.embedded import build_byte_tokenizer, build_tiny_llama
+from sft_core.embedded import save_embedded_model
 from sft_core.errors import SFTError
 
 
@@ -45,11 +45,8 @@ def pairs_file(ws: Path, rows: list[dict[str, Any]], name: str = "data.jsonl") -
 GOOD_ROWS = [{"prompt": f"add {i} {i}\n", "completion": str(2 * i)} for i in range(40)]
 
 
-def model_folder(ws: Path, name: str = "model") -> Path:
-    folder = ws / "inputs" / name
-    build_tiny_llama(0).save_pretrained(folder)
-    build_byte_tokenizer().save_pretrained(folder)
-    return folder
+def model_folder(ws: Path) -> Path:
+    return save_embedded_model(ws / "inputs" / "model")
 
 
 def without_tokenizer(ws: Path) -> str:

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -20,7 +19,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
 
-from conftest import python_env
+from conftest import python_env, wait_for
 from sft_core.launch import free_port, kill_tree
 
 pytestmark = pytest.mark.slow
@@ -28,16 +27,6 @@ SERVER: dict[str, str] = {}  # set by the `served` fixture
 BIN = Path(sys.executable).parent
 SMALL = {"total_steps": 20, "eval_interval": 10,
          "overrides": {"data.num_demo_rows": 600, "data.max_eval_prompts": 16, "train.batch_size": 16}}
-
-
-def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -17,21 +17,13 @@ import psutil
 import pytest
 from safetensors.torch import load_file
 
-from conftest import PYTHON, python_env, small_run, tiny_config
+from conftest import PYTHON, listeners_beyond_loopback, python_env, small_run, task_runs, tiny_config, wait_for
 from sft_core import TrainingError, train
-from sft_core.trainer import AccelerateSFTTrainer
 from sft_core.checkpoint import list_checkpoints
 from sft_core.cli import main as sft_cli
+from sft_core.embedded import save_embedded_model
 from sft_core.tracking import read_history
-
-
-def wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None, every_s: float = 0.002):
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the process ended (code {proc.returncode}) before {what}")
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every_s)
+from sft_core.trainer import AccelerateSFTTrainer
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -44,19 +36,8 @@ def kill_group(proc: subprocess.Popen) -> None:
 # -- SIGKILL while a checkpoint is being written ------------------------------------------------------
 def medium_model_folder(folder: Path) -> Path:
     """~10M parameters, so a checkpoint (weights + AdamW state, ~120 MB) takes long enough to be caught mid-write."""
-    import torch
-    from transformers import LlamaForCausalLM
-
-    from sft_core.embedded import build_byte_tokenizer, tiny_llama_config
-
-    config = tiny_llama_config()
-    for key, value in dict(hidden_size=448, intermediate_size=1216, num_hidden_layers=4, num_attention_heads=7,
-                           num_key_value_heads=7).items():
-        setattr(config, key, value)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    build_byte_tokenizer().save_pretrained(folder)
-    return folder
+    return save_embedded_model(folder, hidden_size=448, intermediate_size=1216, num_hidden_layers=4,
+                               num_attention_heads=7, num_key_value_heads=7)
 
 
 def losses(logs: Path) -> dict[int, float]:
@@ -75,8 +56,10 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one_and_resume_rep
 
     run = subprocess.Popen([PYTHON, "-m", "sft_core", "train", str(config_path)], env=python_env(),
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    wait_for(lambda: (checkpoints / "step-2" / "trainer_state.json").exists(), 300, "the first checkpoint", run)
-    wait_for(lambda: (checkpoints / ".tmp-step-4").exists(), 300, "the second checkpoint's write", run)
+    wait_for(lambda: (checkpoints / "step-2" / "trainer_state.json").exists(), 300, "the first checkpoint", proc=run,
+             every_s=0.002)
+    wait_for(lambda: (checkpoints / ".tmp-step-4").exists(), 300, "the second checkpoint's write", proc=run,
+             every_s=0.002)
     kill_group(run)
 
     assert not (checkpoints / "step-4").exists(), "the kill came after the write finished; nothing was tested"
@@ -122,12 +105,6 @@ def flow_cli(tmp_path: Path, run_name: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def listening_beyond_loopback(pid: int) -> list[str]:
-    tree = {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
-    return [f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.net_connections("inet")
-            if c.pid in tree and c.status == psutil.CONN_LISTEN and c.laddr.ip not in ("127.0.0.1", "::1")]
-
-
 def test_the_temporary_prefect_server_listens_on_loopback_only(prefect_server):
     """The harness runs the same SubprocessASGIServer that a local `python -m flows.sft` starts."""
     from prefect.server.api.server import SubprocessASGIServer
@@ -135,14 +112,14 @@ def test_the_temporary_prefect_server_listens_on_loopback_only(prefect_server):
     servers = [s for s in SubprocessASGIServer._instances.values() if getattr(s, "server_process", None)]
     assert servers and all(psutil.pid_exists(s.server_process.pid) for s in servers)
     for server in servers:
-        assert not listening_beyond_loopback(server.server_process.pid)
+        assert not listeners_beyond_loopback(server.server_process.pid)
 
 
 def test_killed_flow_run_resumes_to_the_same_final_loss(prefect_server, tmp_path):
     run_dir = tmp_path / "runs" / "killed"
     first = flow_cli(tmp_path, "killed")
     wait_for(lambda: (run_dir / "checkpoints" / "step-10" / "trainer_state.json").exists(), 300,
-             "the flow's first checkpoint", first, every_s=0.05)
+             "the flow's first checkpoint", proc=first, every_s=0.05)
     kill_group(first)
     assert not (run_dir / "model").exists(), "the run finished before the kill"
 
@@ -292,11 +269,7 @@ def test_unwritable_model_store_fails_the_save_task_and_registers_nothing(prefec
     params = small_run(tmp_path)
     state = sft_pipeline(params, return_state=True)
     assert state.is_failed(), state
-    by_stage = {}
-    from conftest import task_runs
-
-    for run in task_runs(state.state_details.flow_run_id):
-        by_stage[run.task_key.split("-")[0]] = run.state
+    by_stage = {run.task_key.split("-")[0]: run.state for run in task_runs(state.state_details.flow_run_id)}
     assert by_stage["train"].is_completed() and by_stage["save"].is_failed()
     client = mlflow.MlflowClient(params.tracking_uri)
     assert client.search_registered_models() == [] and client.search_model_versions() == []

@@ -5,20 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
-import psutil
 import pytest
 import requests
 import torch
 
-from conftest import python_env, small_run, tiny_config
+from conftest import listeners_beyond_loopback, python_env, small_run, tiny_config, wait_for
 from sft_core import ConfigError, train
+from sft_core.launch import free_port
 
 
 class RunsCode:
@@ -57,10 +55,11 @@ def test_checkpoints_and_exports_hold_weights_as_safetensors_only(tmp_path):
 
 
 # -- secrets and listening addresses, against a real MLflow server ---------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def healthy(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).ok
+    except requests.RequestException:
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -72,27 +71,14 @@ def mlflow_server(tmp_path_factory):
                                "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}"], cwd=home,
                               env=python_env(), stdout=open(home / "server.log", "w"), stderr=subprocess.STDOUT,
                               start_new_session=True)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
-                break
-        except requests.RequestException:
-            pass
-        assert server.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[-3000:]
-        time.sleep(0.5)
+    wait_for(lambda: healthy(f"http://127.0.0.1:{port}/health"), 120, "the MLflow server", proc=server)
     yield {"port": port, "process": server}
     os.killpg(server.pid, 9)
     server.wait()
 
 
-def listening_addresses(pid: int) -> set[str]:
-    tree = {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
-    return {c.laddr.ip for c in psutil.net_connections("inet") if c.pid in tree and c.status == psutil.CONN_LISTEN}
-
-
 def test_the_mlflow_server_users_start_listens_on_loopback_only(mlflow_server):
-    assert listening_addresses(mlflow_server["process"].pid) <= {"127.0.0.1", "::1"}
+    assert not listeners_beyond_loopback(mlflow_server["process"].pid)
 
 
 SECRET = "s3cret-t0ken"

@@ -13,7 +13,7 @@ from conftest import ROOT, tiny_config
 from sft_core import ConfigError, DataError, ModelLoadError, default_sft_config, train
 from sft_core.data import collate
 from sft_core.data.masking import IGNORE_INDEX
-from sft_core.embedded import build_byte_tokenizer, build_tiny_llama
+from sft_core.embedded import build_byte_tokenizer, build_tiny_llama, save_embedded_model
 from sft_core.tracking import read_history
 
 
@@ -155,9 +155,7 @@ def test_frozen_layers_do_not_change(run_dir):
 
 def test_local_model_folder_and_sweep(run_dir):
     """model_path may name any local HF folder; a list in gen_kwargs runs a sweep, as in trlX."""
-    folder = run_dir / "base"
-    build_tiny_llama(0).save_pretrained(folder)
-    build_byte_tokenizer().save_pretrained(folder)
+    folder = save_embedded_model(run_dir / "base")
     config = tiny_config(run_dir, model=dict(model_path=str(folder)), train=dict(total_steps=2, eval_interval=2),
                          method=dict(gen_kwargs=dict(max_new_tokens=[2, 4], do_sample=False), metrics=["length"]))
     train(config=config)

@@ -16,9 +16,11 @@ def tiny_llama_config() -> LlamaConfig:
     return LlamaConfig(**fields)
 
 
-def build_tiny_llama(seed: int) -> LlamaForCausalLM:
-    """Same seed, same weights; the global RNG is left as it was."""
+def build_tiny_llama(seed: int, **config_overrides) -> LlamaForCausalLM:
+    """Same seed, same weights; the global RNG is left as it was. Overrides resize it (e.g. hidden_size)."""
     config = tiny_llama_config()
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
@@ -26,3 +28,12 @@ def build_tiny_llama(seed: int) -> LlamaForCausalLM:
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     )
     return model
+
+
+def save_embedded_model(directory: str | Path, seed: int = 0, **config_overrides) -> Path:
+    """The embedded model and byte-level tokenizer as a HuggingFace model folder (what any local model looks like)."""
+    from sft_core.embedded.tokenizer import build_byte_tokenizer
+
+    build_tiny_llama(seed, **config_overrides).save_pretrained(directory)
+    build_byte_tokenizer().save_pretrained(directory)
+    return Path(directory)
