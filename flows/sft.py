@@ -6,7 +6,12 @@ trigger runs from the Prefect UI (see deployments/).
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # `python -m flows.sft`: boot the local Prefect server while the imports below run
+    from flows.local_server import start_temporary_server_early
+
+    _server_starting = start_temporary_server_early()
+
+import argparse  # noqa: E402 - after the server kick-off above, on purpose
 import shutil
 import sys
 from pathlib import Path
@@ -81,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-processes", type=int, default=1)
     args = parser.parse_args(argv)
     use_lean_temporary_server()
+    starting = globals().get("_server_starting")
+    if starting is not None:
+        starting.join()  # the flow's first API call must find the server up
     params = PipelineConfig(config_path=args.config, overrides=parse_set_args(args.set), run_name=args.run_name,
                             num_processes=args.num_processes)
     result = sft_pipeline(params)
