@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first and pinned: a bare `torch` can resolve to a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	# DeepSpeed compiles its CPU comm op with gcc on first use (~1 min); do it once here, not in a run.
+	$(BIN)/python -c "from deepspeed.accelerator import get_accelerator; \
+		get_accelerator().create_op_builder('ShareMemCommBuilder').load()" >/dev/null 2>&1 || true
 	touch $(STAMP)
 
 setup: $(STAMP)
