@@ -206,7 +206,13 @@ def ensure_experiment(name: str, tracking_uri: str) -> str:
         location = None
         if tracking_uri.startswith("sqlite:///"):
             location = (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-        return client.create_experiment(name, artifact_location=location)
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except Exception:  # noqa: BLE001 - created meanwhile by a concurrent run (a server has no file lock)
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
 
 
 @contextlib.contextmanager

@@ -314,12 +314,13 @@ class AccelerateSFTTrainer:
         if math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm)):
             return True
         step = self.state.step + 1
-        if self.config.train.on_nonfinite_loss == "skip" and self._weights_are_finite():
+        weights_finite = self._weights_are_finite()  # skipping a batch only helps while the weights are intact
+        if self.config.train.on_nonfinite_loss == "skip" and weights_finite:
             self.state.skipped_steps += 1
             logger.warning("Non-finite loss (%s) at step %d: batch skipped (%d so far)", loss, step,
                            self.state.skipped_steps)
             return False
-        broken = "" if self._weights_are_finite() else " The weights themselves are non-finite, so skipping cannot help."
+        broken = "" if weights_finite else " The weights themselves are non-finite, so skipping cannot help."
         raise TrainingError(f"non-finite loss ({loss}) at step {step}.{broken} {self._last_good_checkpoint()} "
                             "Lower optimizer.kwargs.lr, or set train.on_nonfinite_loss=skip to skip such batches")
 
