@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,22 @@ EMBEDDED_DATA = "embedded:demo"
 # Modules a "module:function" metric may come from. The UI passes strings, so this is what stands
 # between a form field and arbitrary imports: sft_core's own, and the conventional user module names.
 DEFAULT_METRIC_MODULE_PREFIXES = ("sft_core.", "metrics.", "sftflow_metrics.")
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, which reads `1e-4` (no dot) as a string; read it as the float everyone means."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+"
+               r"(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF))$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml_text(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 class _Section(BaseModel):
@@ -211,7 +228,7 @@ class SFTConfig(_Section):
         if not path.is_file():
             raise ConfigError("<config>", f"config file not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = load_yaml_text(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
             raise ConfigError(str(path), f"not valid YAML: {err}") from None
         return cls.from_dict(raw)
@@ -281,7 +298,7 @@ def parse_set_args(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(item, "expected --set SECTION.FIELD=VALUE")
         try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+            out[key.strip()] = load_yaml_text(value) if value.strip() else None
         except yaml.YAMLError:
             out[key.strip()] = value
     return out

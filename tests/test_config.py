@@ -61,6 +61,15 @@ def test_dotted_overrides_and_set_arguments():
     assert config.train.epochs == 3 and config.optimizer.name == "sgd"
 
 
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    """YAML 1.1 (PyYAML) reads `1e-4` as a string; the README's own `--set optimizer.kwargs.lr=1e-4` must work."""
+    assert parse_set_args(["optimizer.kwargs.lr=1e-4", "train.max_grad_norm=5E+1", "data.filter=1e"]) == {
+        "optimizer.kwargs.lr": 1e-4, "train.max_grad_norm": 50.0, "data.filter": "1e"}
+    path = tmp_path / "c.yaml"
+    path.write_text("optimizer:\n  kwargs: {lr: 3e-4, eps: 1e-8}\n")
+    assert SFTConfig.load_yaml(path).optimizer.kwargs == {"lr": 3e-4, "eps": 1e-8}
+
+
 def test_switching_optimizer_drops_the_old_optimizers_kwargs():
     sgd = default_sft_config().evolve(optimizer=dict(name="sgd"))
     assert sgd.optimizer.kwargs == {"lr": default_sft_config().optimizer.kwargs["lr"], "weight_decay": 0.0}
