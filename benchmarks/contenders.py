@@ -1,6 +1,6 @@
 """One contender on one workload, in a process of its own (so peak RSS and start-up are its own).
 
-    python -m benchmarks.contenders {ours,ours_ckpt,trl,trl_packing,plain} WORKLOAD_JSON MODEL_DIR OUT_JSON
+    python -m benchmarks.contenders {ours,ours_ckpt,ours_selective,trl,trl_packing,plain} WORKLOAD_JSON MODEL_DIR OUT_JSON
 
 Writes: time to first step (from process start), per-step timestamps and target-token counts,
 tokens/s of each timed window, held-out loss after training (one shared evaluation), peak RSS.
@@ -54,7 +54,7 @@ class StepClock:
         self.targets.append(cumulative_targets)
 
 
-def run_ours(w: Workload, model_dir: str, train, clock: StepClock, checkpointing: bool = False):
+def run_ours(w: Workload, model_dir: str, train, clock: StepClock, checkpointing: bool | str = False):
     from sft_core import default_sft_config
     from sft_core import train as sft_train
 
@@ -165,6 +165,7 @@ def main() -> None:
     runners = {
         "ours": lambda: run_ours(w, model_dir, train, clock),
         "ours_ckpt": lambda: run_ours(w, model_dir, train, clock, checkpointing=True),
+        "ours_selective": lambda: run_ours(w, model_dir, train, clock, checkpointing="selective"),
         "trl": lambda: run_trl(w, model_dir, train, clock, packing=False),
         "trl_packing": lambda: run_trl(w, model_dir, train, clock, packing=True),
         "plain": lambda: run_plain(w, model_dir, train, clock),

@@ -34,7 +34,7 @@ class Workload:
 
 
 WORKLOADS = {
-    "demo": Workload("demo", model="tiny", data="demo", seq_length=64, batch_size=64, lr=3e-3, warmup_steps=5,
+    "demo": Workload("demo", model="tiny", data="demo", seq_length=64, batch_size=64, lr=1e-3, warmup_steps=5,
                      window_steps=20),
     "varlen": Workload("varlen", model="medium", data="varlen", seq_length=512, batch_size=4, lr=5e-4,
                        warmup_steps=2, window_steps=4),

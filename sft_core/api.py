@@ -14,7 +14,7 @@ from sft_core.config import SFTConfig, default_sft_config
 from sft_core.data.prepared import prepare_from_config
 from sft_core.evaluation import build_eval_prompts
 from sft_core.metrics import MetricFn, resolve_metric
-from sft_core.modeling import load_model, load_tokenizer
+from sft_core.modeling import enable_gradient_checkpointing, load_model, load_tokenizer
 from sft_core.trainer import AccelerateSFTTrainer, Callback
 
 logger = logging.getLogger(__name__)
@@ -85,8 +85,7 @@ def train(
             logger.info("eval data: %s", data.eval.stats.summary())
 
     model = load_model(config.model, tokenizer, seed=config.train.seed)
-    if config.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_gradient_checkpointing(model, config.train.gradient_checkpointing)
     trainer = trainer_cls(
         config, accelerator=accelerator, model=model, tokenizer=tokenizer, train_data=data.train.dataset,
         eval_data=data.eval.dataset if data.eval else None, eval_prompts=prompts, metric_fns=metric_fns,

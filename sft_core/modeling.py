@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import torch
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from sft_core.config import EMBEDDED_MODEL, ModelConfig, TokenizerConfig
@@ -54,6 +57,36 @@ def load_model(model_cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     freeze_bottom_layers(model, model_cfg.num_layers_unfrozen)
     return model
+
+
+# Outputs worth keeping under selective checkpointing: the matmuls and attention are most of the
+# compute; the elementwise ops between them (norms, rotary, SiLU, residual adds) hold most of the
+# activation memory but are cheap to run again in backward.
+_COSTLY_OPS = {
+    getattr(torch.ops.aten, name).default
+    for name in ("mm", "addmm", "bmm", "_scaled_dot_product_flash_attention_for_cpu",
+                 "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+                 "_scaled_dot_product_cudnn_attention")
+    if hasattr(torch.ops.aten, name)
+}
+
+
+def _keep_costly_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _COSTLY_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel, mode: bool | Literal["selective"]) -> None:
+    """True: keep only each block's input and recompute the block in backward (least memory, ~1/3 more
+    compute). "selective": keep matmul and attention outputs, recompute only the elementwise ops."""
+    if not mode:
+        return
+    kwargs: dict = {"use_reentrant": False}
+    if mode == "selective":
+        kwargs["context_fn"] = partial(create_selective_checkpoint_contexts, _keep_costly_outputs)
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name is deprecated
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def freeze_bottom_layers(model: PreTrainedModel, num_layers_unfrozen: int) -> None:

@@ -96,7 +96,8 @@ class AccelerateSFTTrainer:
                                          rank=accelerator.process_index, world_size=accelerator.num_processes)
         self.total_steps = self._total_steps()
         _fill_deepspeed_batch_config(accelerator, config)
-        optimizer = build_optimizer(model.parameters(), config.optimizer)
+        # DeepSpeed steps the optimizer on its own flat partitions: leave it the plain implementation.
+        optimizer = build_optimizer(model.parameters(), config.optimizer, fused=not _is_deepspeed(accelerator))
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         # Not passed to prepare(): Accelerate would step it once per process per step.
         self.scheduler = build_scheduler(self.optimizer, config.scheduler, self.total_steps)
@@ -418,6 +419,10 @@ def _topmost_missing(path: Path) -> Path | None:
     while not path.parent.exists():
         path = path.parent
     return path
+
+
+def _is_deepspeed(accelerator: Accelerator) -> bool:
+    return getattr(accelerator.state, "deepspeed_plugin", None) is not None
 
 
 def _is_zero3(accelerator: Accelerator) -> bool:

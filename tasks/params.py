@@ -39,7 +39,7 @@ class PipelineConfig(BaseModel):
         None, description="Training data: .jsonl/.json/.csv/.parquet/.txt, a saved dataset folder, or 'embedded:demo'.")
     total_steps: OptionalInt = Field(None, ge=1, description="Optimizer steps (demo default: 1500).")
     batch_size: OptionalInt = Field(None, ge=1, description="Rows per micro-batch, per process (demo default: 64).")
-    learning_rate: OptionalFloat = Field(None, gt=0, description="Peak learning rate (demo default: 0.003).")
+    learning_rate: OptionalFloat = Field(None, gt=0, description="Peak learning rate (demo default: 0.001).")
     eval_interval: OptionalInt = Field(None, ge=1, description="Steps between generation evals (demo default: 500).")
     mixed_precision: Precision = Field(None, description="Autocast precision.")
     metrics: OptionalStrList = Field(
