@@ -48,10 +48,12 @@ class StepClock:
     def __init__(self) -> None:
         self.times: list[float] = []
         self.targets: list[int] = []
+        self.peak_rss_mb = 0.0  # the process's peak at the end of the last step: training's own, before the shared eval
 
     def tick(self, cumulative_targets: int) -> None:
         self.times.append(time.time())
         self.targets.append(cumulative_targets)
+        self.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_ours(w: Workload, model_dir: str, train, clock: StepClock, checkpointing: bool | str = False):
@@ -178,7 +180,8 @@ def main() -> None:
         "contender": name, "workload": w.name, "time_to_first_step_s": clock.times[0] - PROCESS_START,
         "target_tokens_per_s": sorted(rates)[len(rates) // 2], "window_rates": rates,
         "eval_loss": loss if math.isfinite(loss) else None,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": clock.peak_rss_mb,
+        "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # incl. the held-out eval
         "steps": w.total_steps, "target_tokens": clock.targets[-1],
         "params": sum(p.numel() for p in model.parameters()),
     }

@@ -20,6 +20,8 @@ def use_lean_temporary_server() -> None:
         return
     for service in IDLE_SERVICES:
         os.environ.setdefault(f"PREFECT_SERVER_SERVICES_{service}_ENABLED", "false")
+    # Block types are registered for block-using flows (this one uses none); a real server registers them.
+    os.environ.setdefault("PREFECT_API_BLOCKS_REGISTER_ON_START", "false")
 
 
 def start_temporary_server_early() -> threading.Thread | None:

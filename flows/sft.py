@@ -20,8 +20,8 @@ from prefect import flow, get_run_logger
 
 from flows.local_server import use_lean_temporary_server
 from sft_core.checkpoint import list_checkpoints
-from sft_core.config import parse_set_args
-from sft_core.tracking import probe_tracking_server, redact_uri, resolve_tracking_uri
+from sft_core.config import SFTConfig, default_sft_config, parse_set_args
+from sft_core.tracking import ensure_experiment, probe_tracking_server, redact_uri, resolve_tracking_uri
 from tasks.artifacts import PipelineResult
 from tasks.configure import FLOW_RUN_TAG, configure
 from tasks.define_metrics import define_metrics
@@ -77,6 +77,21 @@ def sft_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineResult:
     )
 
 
+def _warm_up_local_tracking(params: PipelineConfig) -> None:
+    """Import MLflow and create a local sqlite store and experiment now, so configure finds them.
+
+    Only for a valid config whose store is a local sqlite file; anything else is left to configure,
+    which reports what is wrong (and nothing is created for a config it rejects)."""
+    try:
+        base = SFTConfig.load_yaml(params.config_path) if params.config_path else default_sft_config()
+        config = base.with_overrides(params.config_overrides())
+        uri = resolve_tracking_uri(params.tracking_uri or config.tracking.tracking_uri)
+        if uri.startswith("sqlite:///"):
+            ensure_experiment(params.experiment_name, uri)
+    except Exception:  # noqa: BLE001 - configure runs the same steps and reports failures properly
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.sft", description="Run the SFT pipeline locally.")
     parser.add_argument("--config", help="base sft_core YAML (default: the embedded demo)")
@@ -86,11 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-processes", type=int, default=1)
     args = parser.parse_args(argv)
     use_lean_temporary_server()
-    starting = globals().get("_server_starting")
-    if starting is not None:
-        starting.join()  # the flow's first API call must find the server up
     params = PipelineConfig(config_path=args.config, overrides=parse_set_args(args.set), run_name=args.run_name,
                             num_processes=args.num_processes)
+    starting = globals().get("_server_starting")
+    if starting is not None:
+        _warm_up_local_tracking(params)  # on the core the server's boot leaves idle
+        starting.join()  # the flow's first API call must find the server up
     result = sft_pipeline(params)
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.final_metrics.items())
     print(f"\nDone: {metrics}")
