@@ -95,7 +95,7 @@ def data_prep_speed(rows: int = 100_000) -> dict:
     return {"rows": len(samples), "cold_s": cold, "cached_s": warm}
 
 
-def flow_overhead(steps: int, repeats: int = 2) -> dict:
+def flow_overhead(steps: int, repeats: int = 3) -> dict:
     """Wall time of `python -m flows.sft` against `python -m sft_core train`, same config, back to back.
 
     The first pair runs in new folders, as on a new machine: Prefect and MLflow create their databases

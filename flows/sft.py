@@ -9,7 +9,7 @@ from __future__ import annotations
 if __name__ == "__main__":  # `python -m flows.sft`: boot the local Prefect server while the imports below run
     from flows.local_server import start_temporary_server_early
 
-    _server_starting = start_temporary_server_early()
+    _temporary_server = start_temporary_server_early()
 
 import argparse  # noqa: E402 - after the server kick-off above, on purpose
 import shutil
@@ -103,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     use_lean_temporary_server()
     params = PipelineConfig(config_path=args.config, overrides=parse_set_args(args.set), run_name=args.run_name,
                             num_processes=args.num_processes)
-    starting = globals().get("_server_starting")
-    if starting is not None:
+    server = globals().get("_temporary_server")
+    if server is not None:
         _warm_up_local_tracking(params)  # on the core the server's boot leaves idle
-        starting.join()  # the flow's first API call must find the server up
+        server.wait_until_up()  # the flow's first API call must find it up
     result = sft_pipeline(params)
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.final_metrics.items())
     print(f"\nDone: {metrics}")

@@ -103,8 +103,35 @@ def flow_cli(tmp_path: Path, run_name: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+LOCAL_SERVER_SCRIPT = """
+import time
+from flows.local_server import start_temporary_server_early
+server = start_temporary_server_early()
+server.wait_until_up()
+print(server.process.pid, server.api_url, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_local_runs_prefect_server_is_loopback_only_and_dies_with_its_process(tmp_path):
+    """`python -m flows.sft` starts its own temporary server; even a SIGKILL of the run takes it down."""
+    env = python_env(PREFECT_HOME=str(tmp_path / "prefect-home"))
+    env.pop("PREFECT_API_URL", None)
+    parent = subprocess.Popen([PYTHON, "-c", LOCAL_SERVER_SCRIPT], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        pid, api_url = parent.stdout.readline().split()
+        server = psutil.Process(int(pid))
+        assert api_url.startswith("http://127.0.0.1:") and server.ppid() == parent.pid
+        assert not listeners_beyond_loopback(server.pid)
+    finally:
+        parent.kill()
+        parent.wait()
+    wait_for(lambda: not server.is_running() or server.status() == psutil.STATUS_ZOMBIE, 15,
+             "the server to exit with its parent")
+
+
 def test_the_temporary_prefect_server_listens_on_loopback_only(prefect_server):
-    """The harness runs the same SubprocessASGIServer that a local `python -m flows.sft` starts."""
+    """The harness's server: Prefect's own SubprocessASGIServer (what deployments and tests use)."""
     from prefect.server.api.server import SubprocessASGIServer
 
     servers = [s for s in SubprocessASGIServer._instances.values() if getattr(s, "server_process", None)]
