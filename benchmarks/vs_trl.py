@@ -102,7 +102,8 @@ def flow_overhead(steps: int, repeats: int = 3) -> dict:
     then. The next `repeats` pairs reuse the folders, as every later run does; the overhead is their median.
     """
     sets = ["--set", f"train.total_steps={steps}", "--set", f"train.eval_interval={steps}"]
-    commands = {"bare": [sys.executable, "-m", "sft_core", "train", *sets], "flow": [sys.executable, "-m", "flows.sft", *sets]}
+    commands = {"bare": [sys.executable, "-m", "sft_core", "train", *sets],
+                "flow": [sys.executable, "-m", "flows.sft", *sets]}
     work = Path(tempfile.mkdtemp())
     env = {**os.environ, "PREFECT_HOME": str(work / "prefect"), "MLFLOW_TRACKING_URI": ""}
     env.pop("PREFECT_API_URL", None)
