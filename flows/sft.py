@@ -20,10 +20,10 @@ from prefect import flow, get_run_logger
 
 from flows.local_server import use_lean_temporary_server
 from sft_core.checkpoint import list_checkpoints
-from sft_core.config import SFTConfig, default_sft_config, parse_set_args
+from sft_core.config import parse_set_args
 from sft_core.tracking import ensure_experiment, probe_tracking_server, redact_uri, resolve_tracking_uri
 from tasks.artifacts import PipelineResult
-from tasks.configure import FLOW_RUN_TAG, configure
+from tasks.configure import FLOW_RUN_TAG, build_config, configure, pipeline_tracking_uri
 from tasks.define_metrics import define_metrics
 from tasks.params import PipelineConfig
 from tasks.prepare_data import prepare_data
@@ -83,9 +83,7 @@ def _warm_up_local_tracking(params: PipelineConfig) -> None:
     Only for a valid config whose store is a local sqlite file; anything else is left to configure,
     which reports what is wrong (and nothing is created for a config it rejects)."""
     try:
-        base = SFTConfig.load_yaml(params.config_path) if params.config_path else default_sft_config()
-        config = base.with_overrides(params.config_overrides())
-        uri = resolve_tracking_uri(params.tracking_uri or config.tracking.tracking_uri)
+        uri = pipeline_tracking_uri(params, build_config(params))
         if uri.startswith("sqlite:///"):
             ensure_experiment(params.experiment_name, uri)
     except Exception:  # noqa: BLE001 - configure runs the same steps and reports failures properly

@@ -421,18 +421,22 @@ def _topmost_missing(path: Path) -> Path | None:
     return path
 
 
+def _deepspeed_plugin(accelerator: Accelerator) -> Any | None:
+    return getattr(accelerator.state, "deepspeed_plugin", None)
+
+
 def _is_deepspeed(accelerator: Accelerator) -> bool:
-    return getattr(accelerator.state, "deepspeed_plugin", None) is not None
+    return _deepspeed_plugin(accelerator) is not None
 
 
 def _is_zero3(accelerator: Accelerator) -> bool:
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    plugin = _deepspeed_plugin(accelerator)
     return plugin is not None and plugin.zero_stage == 3
 
 
 def _fill_deepspeed_batch_config(accelerator: Accelerator, config: SFTConfig) -> None:
     """We batch data ourselves (no prepared DataLoader), so DeepSpeed cannot infer batch sizes."""
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    plugin = _deepspeed_plugin(accelerator)
     if plugin is None:
         return
     ds = plugin.deepspeed_config

@@ -21,11 +21,10 @@ FLOW_RUN_TAG = "prefect.flow_run_id"
 @task(name="configure", persist_result=True, result_serializer="json", retries=2, retry_delay_seconds=2)
 def configure(params: PipelineConfig) -> RunConfig:
     """The config is validated here, once; every later stage trusts it."""
-    base = SFTConfig.load_yaml(params.config_path) if params.config_path else default_sft_config()
-    config = base.with_overrides(params.config_overrides())
+    config = build_config(params)
     run_name = params.run_name or flow_run.get_name() or time.strftime("run-%Y%m%d-%H%M%S")
     run_dir = (Path(params.runs_dir) / run_name).resolve()
-    tracking_uri = resolve_tracking_uri(params.tracking_uri or config.tracking.tracking_uri)
+    tracking_uri = pipeline_tracking_uri(params, config)
     mlflow_run_id, experiment_id = start_mlflow_run(tracking_uri, params.experiment_name, run_name)
 
     config = config.evolve(
@@ -49,6 +48,16 @@ def configure(params: PipelineConfig) -> RunConfig:
         if params.train_timeout_minutes else None, concurrency_limit=params.concurrency_limit, export=params.export,
         registered_model_name=params.registered_model_name, model_alias=params.model_alias,
     )
+
+
+def build_config(params: PipelineConfig) -> SFTConfig:
+    """The sft_core config a pipeline run trains with: its base YAML (or the demo) plus its overrides."""
+    base = SFTConfig.load_yaml(params.config_path) if params.config_path else default_sft_config()
+    return base.with_overrides(params.config_overrides())
+
+
+def pipeline_tracking_uri(params: PipelineConfig, config: SFTConfig) -> str:
+    return resolve_tracking_uri(params.tracking_uri or config.tracking.tracking_uri)
 
 
 def data_spec(config: SFTConfig, prepared_root: Path) -> DataSpec:
