@@ -1,6 +1,8 @@
 """One contender on one workload, in a process of its own (so peak RSS and start-up are its own).
 
-    python -m benchmarks.contenders {ours,ours_ckpt,ours_selective,trl,trl_packing,plain} WORKLOAD_JSON MODEL_DIR OUT_JSON
+    python -m benchmarks.contenders CONTENDER WORKLOAD_JSON MODEL_DIR OUT_JSON
+
+CONTENDER: ours, ours_one_pass, ours_selective, ours_ckpt, trl, trl_packing or plain.
 
 Writes: time to first step (from process start), per-step timestamps and target-token counts,
 tokens/s of each timed window, held-out loss after training (one shared evaluation), peak RSS.
@@ -56,7 +58,8 @@ class StepClock:
         self.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_ours(w: Workload, model_dir: str, train, clock: StepClock, checkpointing: bool | str = False):
+def run_ours(w: Workload, model_dir: str, train, clock: StepClock, checkpointing: bool | str = False,
+             tokens_per_pass: int | str | None = "auto"):
     from sft_core import default_sft_config
     from sft_core import train as sft_train
 
@@ -65,7 +68,7 @@ def run_ours(w: Workload, model_dir: str, train, clock: StepClock, checkpointing
         model=dict(model_path=model_dir),
         train=dict(seq_length=w.seq_length, batch_size=w.batch_size, total_steps=w.total_steps, seed=w.seed,
                    eval_interval=10**9, checkpoint_interval=10**9, log_interval=1, save_best=False,
-                   gradient_checkpointing=checkpointing,
+                   gradient_checkpointing=checkpointing, tokens_per_pass=tokens_per_pass,
                    checkpoint_dir=str(work / "ck"), logging_dir=str(work / "logs")),
         optimizer=dict(name="adamw", kwargs=dict(lr=w.lr, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0)),
         scheduler=dict(name="linear", warmup_steps=0, min_lr_ratio=0.0),
@@ -166,6 +169,7 @@ def main() -> None:
     clock = StepClock()
     runners = {
         "ours": lambda: run_ours(w, model_dir, train, clock),
+        "ours_one_pass": lambda: run_ours(w, model_dir, train, clock, tokens_per_pass=None),
         "ours_ckpt": lambda: run_ours(w, model_dir, train, clock, checkpointing=True),
         "ours_selective": lambda: run_ours(w, model_dir, train, clock, checkpointing="selective"),
         "trl": lambda: run_trl(w, model_dir, train, clock, packing=False),

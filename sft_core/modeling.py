@@ -89,6 +89,44 @@ def enable_gradient_checkpointing(model: PreTrainedModel, mode: bool | Literal["
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+AUTO_PASS_ACTIVATION_BYTES = 128 * 2**20  # what train.tokens_per_pass="auto" lets one pass keep on the CPU
+
+
+def saved_activation_bytes_per_token(model: PreTrainedModel) -> int | None:
+    """About what backward keeps per token, in fp32, from a decoder's shape; None if it has no such shape.
+
+    Each layer keeps ~11 hidden-sized tensors (norm inputs and outputs, q/k/v and their rotary
+    copies, attention output, residual sums) and ~4 intermediate-sized ones (gate, up, SiLU, their
+    product); the loss keeps ~3 vocab-sized ones (logits, the fp32 copy, the softmax).
+    """
+    config = getattr(model, "config", None)
+    hidden, layers = getattr(config, "hidden_size", None), getattr(config, "num_hidden_layers", None)
+    if not hidden or not layers:
+        return None
+    intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
+    vocab = getattr(config, "vocab_size", None) or 0
+    return 4 * (layers * (11 * hidden + 4 * intermediate) + 3 * vocab)
+
+
+def resolve_tokens_per_pass(setting: int | str | None, model: PreTrainedModel, *, on_cpu: bool,
+                            deepspeed: bool) -> int | None:
+    """train.tokens_per_pass as a number of token slots, or None for one pass per micro-batch.
+
+    "auto" splits only on the CPU: there a pass of a few hundred tokens keeps the matmuls as fast as
+    one big pass, and memory (RSS) is what runs out. A GPU wants big passes; DeepSpeed steps its
+    engine on every backward at an accumulation boundary, so it gets one pass per micro-batch.
+    """
+    if setting != "auto":
+        if setting is not None and deepspeed:
+            raise ConfigError("train.tokens_per_pass", "DeepSpeed runs one pass per micro-batch; set it to null "
+                              "and lower train.batch_size (with gradient_accumulation_steps) instead")
+        return setting
+    per_token = saved_activation_bytes_per_token(model)
+    if not on_cpu or deepspeed or not per_token:
+        return None
+    return max(1, AUTO_PASS_ACTIVATION_BYTES // per_token)
+
+
 def freeze_bottom_layers(model: PreTrainedModel, num_layers_unfrozen: int) -> None:
     """Train only the top ``num_layers_unfrozen`` blocks (plus final norm and head); -1 trains all."""
     if num_layers_unfrozen < 0:

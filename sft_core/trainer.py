@@ -1,8 +1,9 @@
 """AccelerateSFTTrainer: trlX's SFT trainer, rebuilt as setup functions plus one visible loop.
 
-The loop, top to bottom: take `gradient_accumulation_steps` micro-batches, count their target
-tokens on every rank, backprop each micro-batch's summed loss divided by that global count,
-clip, step, schedule, log, evaluate, checkpoint. Data order is a pure function of
+The loop, top to bottom: take `gradient_accumulation_steps` micro-batches (each run as one or more
+forward/backward passes of at most `tokens_per_pass` tokens), count their target tokens on every
+rank, backprop each pass's summed loss divided by that global count, clip, step, schedule, log,
+evaluate, checkpoint. Data order is a pure function of
 (seed, epoch, batch index), so a resumed run replays exactly the batches the original would have.
 """
 
@@ -13,6 +14,7 @@ import logging
 import math
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,12 +26,13 @@ from tqdm.auto import tqdm
 
 from sft_core.checkpoint import list_checkpoints, load_checkpoint, resolve_resume, rotate_checkpoints, save_checkpoint
 from sft_core.config import SFTConfig
-from sft_core.data.batching import BatchPosition, EpochBatchSampler, collate, pack
+from sft_core.data.batching import BatchPosition, EpochBatchSampler, collate, micro_batches, pack
 from sft_core.errors import ConfigError, TrainingError
 from sft_core.evaluation import EvalPrompts, EvalResult, Evaluator
 from sft_core.export import export_model
 from sft_core.losses import token_loss_sum
 from sft_core.metrics import MetricFn
+from sft_core.modeling import resolve_tokens_per_pass
 from sft_core.optim import build_optimizer, build_scheduler
 from sft_core.plots import plot_training_curves
 from sft_core.tracking import build_trackers, read_history
@@ -96,6 +99,9 @@ class AccelerateSFTTrainer:
                                          rank=accelerator.process_index, world_size=accelerator.num_processes)
         self.total_steps = self._total_steps()
         _fill_deepspeed_batch_config(accelerator, config)
+        self.tokens_per_pass = resolve_tokens_per_pass(train.tokens_per_pass, model,
+                                                       on_cpu=accelerator.device.type == "cpu",
+                                                       deepspeed=_is_deepspeed(accelerator))
         # DeepSpeed steps the optimizer on its own flat partitions: leave it the plain implementation.
         optimizer = build_optimizer(model.parameters(), config.optimizer, fused=not _is_deepspeed(accelerator))
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
@@ -146,19 +152,23 @@ class AccelerateSFTTrainer:
         self.model.train()
         while self.state.step < self.total_steps:
             micro_batches = [next(batches) for _ in range(train.gradient_accumulation_steps)]
-            batches_t = [self._collate(rows) for _, rows in micro_batches]
+            # Each micro-batch runs as one or more forward/backward passes (train.tokens_per_pass).
+            passes = [self._collate(rows) for _, rows in micro_batches]
+            every_pass = [batch for group in passes for batch in group]
             # Normalize by the target tokens of the whole optimizer step, on all ranks, so that
             # accumulation 4 x batch 2 (or 2 ranks x batch 4) is exactly batch 8. Accelerate
             # (and DeepSpeed) divide by the accumulation steps and DDP averages over ranks,
             # hence the scale that undoes both.
-            n_targets = self._sum_over_ranks(torch.tensor(sum(b["n_targets"] for b in batches_t), dtype=torch.float64))
+            n_targets = self._sum_over_ranks(torch.tensor(sum(b["n_targets"] for b in every_pass), dtype=torch.float64))
             scale = self.accelerator.num_processes * train.gradient_accumulation_steps / n_targets.clamp(min=1)
             loss_sum = torch.zeros((), dtype=torch.float64)
-            for batch in batches_t:
+            for group in passes:
                 with self.accelerator.accumulate(self.model):
-                    batch_loss = self.compute_loss(batch)
-                    self.accelerator.backward(batch_loss * scale.to(batch_loss.device, batch_loss.dtype))
-                loss_sum += batch_loss.detach().double().cpu()
+                    for i, batch in enumerate(group):  # ranks sync gradients after the last pass only
+                        with self.accelerator.no_sync(self.model) if i < len(group) - 1 else nullcontext():
+                            batch_loss = self.compute_loss(batch)
+                            self.accelerator.backward(batch_loss * scale.to(batch_loss.device, batch_loss.dtype))
+                        loss_sum += batch_loss.detach().double().cpu()
             loss = float(self._sum_over_ranks(loss_sum) / n_targets.clamp(min=1))
             grad_norm = self._clip_gradients()
             if self._step_is_finite(loss, grad_norm):
@@ -170,7 +180,7 @@ class AccelerateSFTTrainer:
             self.state.step += 1
             self.state.epoch, self.state.batch_in_epoch = self._next_position(position)
             self.state.target_tokens_seen += int(n_targets)
-            window.add(loss, int(n_targets), sum(b["n_tokens"] for b in batches_t) * self.accelerator.num_processes)
+            window.add(loss, int(n_targets), sum(b["n_tokens"] for b in every_pass) * self.accelerator.num_processes)
             progress.update(1)
             if self.state.step % train.log_interval == 0 or self.state.step == self.total_steps:
                 metrics = window.flush(lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm,
@@ -263,17 +273,19 @@ class AccelerateSFTTrainer:
             logger.warning("Resuming with a different global batch size: the data order will not match the original run")
         logger.info("Resumed from %s at step %d", path, self.state.step)
 
-    def _collate(self, rows: list[int]) -> dict[str, Any]:
+    def _collate(self, rows: list[int]) -> list[dict[str, Any]]:
+        """One micro-batch's rows as forward/backward passes (see `micro_batches`)."""
         columns = self.train_data[rows]
-        if self.config.train.packing:
-            batch: dict[str, Any] = pack(columns["input_ids"], columns["labels"], self.config.train.seq_length,
-                                         self.tokenizer.pad_token_id)
-        else:
-            batch = collate(columns["input_ids"], columns["labels"], self.tokenizer.pad_token_id,
-                            self.config.tokenizer.padding_side)
-        batch["n_targets"] = sum(columns["num_targets"])
-        batch["n_tokens"] = sum(len(ids) for ids in columns["input_ids"])
-        return batch
+        passes = micro_batches(columns["input_ids"], columns["labels"], self.tokenizer.pad_token_id,
+                               max_tokens=self.tokens_per_pass,
+                               block_len=self.config.train.seq_length if self.config.train.packing else None,
+                               padding_side=self.config.tokenizer.padding_side)
+        batches = []
+        for pass_rows, batch in passes:
+            batch["n_targets"] = sum(columns["num_targets"][i] for i in pass_rows)
+            batch["n_tokens"] = sum(len(columns["input_ids"][i]) for i in pass_rows)
+            batches.append(batch)
+        return batches
 
     @torch.no_grad()
     def _check_packing_isolates_rows(self) -> None:

@@ -6,7 +6,7 @@ import torch
 from sft_core import DataError
 from sft_core.data import IGNORE_INDEX as X
 from sft_core.data import build_example, collate, prepare_samples, show_mask, to_segments, truncate
-from sft_core.data.batching import EpochBatchSampler, contiguous_slice, pack
+from sft_core.data.batching import EpochBatchSampler, contiguous_slice, micro_batches, pack
 from sft_core.embedded import build_byte_tokenizer, build_tiny_llama
 from sft_core.losses import token_loss_sum
 
@@ -131,6 +131,26 @@ def test_packed_loss_equals_padded_loss(tok):
     padded, _ = token_loss_sum(model, collate(rows, labels, 0), "cpu")
     packed, _ = token_loss_sum(model, pack(rows, labels, 32, 0), "cpu")
     assert torch.allclose(padded, packed, rtol=1e-5)
+
+
+@pytest.mark.parametrize("block_len", [None, 64])
+def test_micro_batches_split_a_batch_into_passes_with_the_same_loss(block_len):
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(3, 250, (n,), generator=g).tolist() for n in (60, 9, 33, 41, 17, 25, 50, 5)]
+    labels = [[X] + r[1:] for r in rows]
+    model = build_tiny_llama(0)
+    (whole_rows, whole), = micro_batches(rows, labels, 0, max_tokens=None, block_len=block_len)
+    passes = micro_batches(rows, labels, 0, max_tokens=70, block_len=block_len)
+
+    assert sorted(whole_rows) == sorted(i for pass_rows, _ in passes for i in pass_rows) == list(range(len(rows)))
+    assert len(passes) >= 3
+    for _, batch in passes:
+        slots = batch["input_ids"].numel()
+        assert slots <= 70 or batch["input_ids"].shape[0] == 1  # only a lone row or block may exceed it
+    loss, n = token_loss_sum(model, whole, "cpu")
+    split = [token_loss_sum(model, batch, "cpu") for _, batch in passes]
+    assert n == sum(k for _, k in split)
+    assert torch.allclose(loss, sum(part for part, _ in split), rtol=1e-5)
 
 
 def test_sampler_shards_each_global_batch_across_ranks():

@@ -50,8 +50,10 @@ def test_two_process_cpu_run_matches_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     runs = {}
-    for run_dir, nproc, batch in ((one, 1, 8), (two, 2, 4)):
-        config = write_config(run_dir, train=dict(common, batch_size=batch), data=dict(max_eval_prompts=8))
+    # The two ranks also run each batch as several passes (syncing gradients after the last one).
+    for run_dir, nproc, batch, tokens_per_pass in ((one, 1, 8, None), (two, 2, 4, 32)):
+        config = write_config(run_dir, train=dict(common, batch_size=batch, tokens_per_pass=tokens_per_pass),
+                              data=dict(max_eval_prompts=8))
         result = record_rows(config, run_dir / "rows", nproc)
         assert result.returncode == 0, result.stderr[-3000:]
         runs[nproc] = [json.loads((run_dir / "rows" / f"rows-rank{r}.json").read_text()) for r in range(nproc)]

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import ROOT, tiny_config
-from sft_core import ConfigError, DataError, ModelLoadError, default_sft_config, train
+from sft_core import AccelerateSFTTrainer, ConfigError, DataError, ModelLoadError, default_sft_config, train
 from sft_core.data import collate
 from sft_core.data.masking import IGNORE_INDEX
 from sft_core.embedded import build_byte_tokenizer, build_tiny_llama, save_embedded_model
@@ -71,16 +71,25 @@ def test_trlx_style_script(run_dir):
     assert loaded.generation_config.eos_token_id == tokenizer.eos_token_id
 
 
-def _params_after_one_step(run_dir, name, batch_size, accumulation):
+class PassCountingTrainer(AccelerateSFTTrainer):
+    passes = 0
+
+    def compute_loss(self, batch):
+        PassCountingTrainer.passes += 1
+        return super().compute_loss(batch)
+
+
+def _params_after_one_step(run_dir, name, batch_size, accumulation, **train_settings):
     config = tiny_config(
         run_dir / name,
         train=dict(total_steps=1, batch_size=batch_size, gradient_accumulation_steps=accumulation,
-                   max_grad_norm=None, eval_interval=100, checkpoint_interval=100),
+                   max_grad_norm=None, eval_interval=100, checkpoint_interval=100, **train_settings),
         optimizer=dict(name="sgd", kwargs=dict(lr=1.0)),  # SGD: the update *is* the gradient
         scheduler=dict(name="constant", warmup_steps=0),
         method=dict(metrics=[]), data=dict(eval_fraction=0.01),
     )
-    trainer = train(config=config)
+    PassCountingTrainer.passes = 0
+    trainer = train(config=config, trainer_cls=PassCountingTrainer)
     return {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
 
 
@@ -91,6 +100,18 @@ def test_gradient_accumulation_matches_the_big_batch(run_dir):
     moved = max((big[k] - start[k]).abs().max().item() for k in big)
     assert moved > 1e-3  # the step really changed the weights
     worst = max((big[k] - small[k]).abs().max().item() for k in big)
+    assert worst < 1e-5
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_a_batch_run_as_several_passes_makes_the_same_update(run_dir, packing):
+    one = _params_after_one_step(run_dir, f"one-{packing}", batch_size=8, accumulation=1, packing=packing,
+                                 tokens_per_pass=None)
+    assert PassCountingTrainer.passes == 1
+    split = _params_after_one_step(run_dir, f"split-{packing}", batch_size=8, accumulation=1, packing=packing,
+                                   tokens_per_pass=40)
+    assert PassCountingTrainer.passes >= 3  # each packed block (or row) a pass of its own
+    worst = max((one[k] - split[k]).abs().max().item() for k in one)
     assert worst < 1e-5
 
 

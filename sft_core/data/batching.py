@@ -1,4 +1,4 @@
-"""Batches: a seeded, resumable order over rows, and a collator that only pads.
+"""Batches: a seeded, resumable order over rows; padding or packing them; splitting them into passes.
 
 The order is a pure function of (seed, epoch, batch index), so resuming at step N replays the
 same data, with no sampler state to save. With several processes each global batch is split
@@ -116,6 +116,41 @@ def collate(
     return {"input_ids": ids, "labels": padded_labels, "attention_mask": mask, "position_ids": position_ids}
 
 
+def pack_blocks(lengths: Sequence[int], block_len: int) -> list[list[int]]:
+    """First-fit decreasing: the row indices of each block of at most ``block_len`` tokens. No row is split."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    blocks: list[list[int]] = []
+    fill: list[int] = []
+    for i in order:
+        slot = next((b for b, used in enumerate(fill) if used + lengths[i] <= block_len), None)
+        if slot is None:
+            blocks.append([i])
+            fill.append(lengths[i])
+        else:
+            blocks[slot].append(i)
+            fill[slot] += lengths[i]
+    return blocks
+
+
+def layout_blocks(input_ids: list[list[int]], labels: list[list[int]], blocks: list[list[int]],
+                  pad_id: int) -> dict[str, torch.Tensor]:
+    """Tensors for packed blocks (lists of row indices), as wide as the fullest block."""
+    width = max(sum(len(input_ids[i]) for i in rows) for rows in blocks)
+    ids = torch.full((len(blocks), width), pad_id, dtype=torch.long)
+    packed_labels = torch.full((len(blocks), width), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((len(blocks), width), dtype=torch.long)
+    for b, rows in enumerate(blocks):
+        col = 0
+        for i in rows:
+            n = len(input_ids[i])
+            ids[b, col : col + n] = torch.tensor(input_ids[i])
+            packed_labels[b, col + 1 : col + n] = torch.tensor(labels[i][1:])
+            position_ids[b, col : col + n] = torch.arange(n)
+            col += n
+        position_ids[b, col:] = torch.arange(width - col)  # padding forms its own (ignored) segment
+    return {"input_ids": ids, "labels": packed_labels, "attention_mask": None, "position_ids": position_ids}
+
+
 def pack(input_ids: list[list[int]], labels: list[list[int]], block_len: int, pad_id: int) -> dict[str, torch.Tensor]:
     """Lay a batch's rows out in blocks of at most ``block_len`` tokens, first-fit decreasing.
 
@@ -126,29 +161,47 @@ def pack(input_ids: list[list[int]], labels: list[list[int]], block_len: int, pa
     Example (block_len=4): rows [5, 6, 7], [8], [9, 10] -> blocks [[5, 6, 7, 8], [9, 10, 0, 0]],
         position_ids [[0, 1, 2, 0], [0, 1, 0, 1]]
     """
-    order = sorted(range(len(input_ids)), key=lambda i: -len(input_ids[i]))
-    bins: list[list[int]] = []
-    fill: list[int] = []
-    for i in order:
-        n = len(input_ids[i])
-        slot = next((b for b, used in enumerate(fill) if used + n <= block_len), None)
-        if slot is None:
-            bins.append([i])
-            fill.append(n)
+    return layout_blocks(input_ids, labels, pack_blocks([len(r) for r in input_ids], block_len), pad_id)
+
+
+def micro_batches(
+    input_ids: list[list[int]],
+    labels: list[list[int]],
+    pad_id: int,
+    *,
+    max_tokens: int | None,
+    block_len: int | None = None,
+    padding_side: Literal["left", "right"] = "right",
+) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
+    """One batch as forward/backward passes of at most ``max_tokens`` token slots (padding included).
+
+    The trainer sums the passes' gradients and divides by the batch's target count, so the update
+    is the batch's; only the activations held at once shrink. With ``block_len`` the rows are packed
+    first (see `pack`) and whole blocks are grouped; without, rows of similar length are grouped
+    and each pass is padded to its own longest row. A block or row wider than ``max_tokens`` is a
+    pass of its own. ``max_tokens=None``: one pass. Returns (row indices, tensors) per pass.
+    """
+    units = pack_blocks([len(r) for r in input_ids], block_len) if block_len else [[i] for i in range(len(input_ids))]
+    widths = [sum(len(input_ids[i]) for i in unit) for unit in units]
+    groups = _fill_passes(widths, max_tokens) if max_tokens else [list(range(len(units)))]
+    passes = [[units[u] for u in group] for group in groups]
+    out = []
+    for pass_units in passes:
+        rows = [i for unit in pass_units for i in unit]
+        if block_len:
+            batch = layout_blocks(input_ids, labels, pass_units, pad_id)
         else:
-            bins[slot].append(i)
-            fill[slot] += n
-    width = max(fill)
-    ids = torch.full((len(bins), width), pad_id, dtype=torch.long)
-    packed_labels = torch.full((len(bins), width), IGNORE_INDEX, dtype=torch.long)
-    position_ids = torch.zeros((len(bins), width), dtype=torch.long)
-    for b, rows in enumerate(bins):
-        col = 0
-        for i in rows:
-            n = len(input_ids[i])
-            ids[b, col : col + n] = torch.tensor(input_ids[i])
-            packed_labels[b, col + 1 : col + n] = torch.tensor(labels[i][1:])
-            position_ids[b, col : col + n] = torch.arange(n)
-            col += n
-        position_ids[b, col:] = torch.arange(width - col)  # padding forms its own (ignored) segment
-    return {"input_ids": ids, "labels": packed_labels, "attention_mask": None, "position_ids": position_ids}
+            batch = collate([input_ids[i] for i in rows], [labels[i] for i in rows], pad_id, padding_side)
+        out.append((rows, batch))
+    return out
+
+
+def _fill_passes(widths: list[int], max_tokens: int) -> list[list[int]]:
+    """Group units, widest first, while (units in the pass) x (its widest unit) fits in max_tokens."""
+    groups: list[list[int]] = []
+    for u in sorted(range(len(widths)), key=lambda u: -widths[u]):
+        if groups and (len(groups[-1]) + 1) * widths[groups[-1][0]] <= max_tokens:
+            groups[-1].append(u)
+        else:
+            groups.append([u])
+    return groups
