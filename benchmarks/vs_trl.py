@@ -1,6 +1,6 @@
 """sft_core against TRL's SFTTrainer (defaults, and packing=True) and a hand-written PyTorch loop.
 
-    python -m benchmarks.vs_trl            # ~10 min on 2 CPU cores; needs `pip install -e .[bench]`
+    python -m benchmarks.vs_trl            # ~14 min on 2 CPU cores; needs `pip install -e .[bench]`
     python -m benchmarks.vs_trl --quick    # fewer timed steps, no flow timing: a smoke run
 
 Every number is measured in this run, on this machine, side by side: each contender trains the

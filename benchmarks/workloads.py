@@ -7,9 +7,10 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# ~20M parameters: the "larger" model of the benchmark (the embedded one is 0.8M).
+# ~20M parameters: the "larger" model of the benchmark (the embedded one is 0.8M). head_dim is set
+# because a config resized after construction keeps the embedded model's (32).
 MEDIUM_LLAMA = dict(hidden_size=448, intermediate_size=1216, num_hidden_layers=8, num_attention_heads=7,
-                    num_key_value_heads=7, max_position_embeddings=1024)
+                    num_key_value_heads=7, head_dim=64, max_position_embeddings=1024)
 
 
 @dataclass(frozen=True)
