@@ -147,6 +147,9 @@ def test_micro_batches_split_a_batch_into_passes_with_the_same_loss(block_len):
     for _, batch in passes:
         slots = batch["input_ids"].numel()
         assert slots <= 70 or batch["input_ids"].shape[0] == 1  # only a lone row or block may exceed it
+    (_, roomy), = micro_batches(rows, labels, 0, max_tokens=10_000, block_len=block_len)
+    for key, tensor in whole.items():  # a batch that fits in one pass is laid out as without a cap
+        assert tensor is None and roomy[key] is None or torch.equal(tensor, roomy[key]), key
     loss, n = token_loss_sum(model, whole, "cpu")
     split = [token_loss_sum(model, batch, "cpu") for _, batch in passes]
     assert n == sum(k for _, k in split)

@@ -197,11 +197,15 @@ def micro_batches(
 
 
 def _fill_passes(widths: list[int], max_tokens: int) -> list[list[int]]:
-    """Group units, widest first, while (units in the pass) x (its widest unit) fits in max_tokens."""
+    """Group units, widest first, while (units in the pass) x (its widest unit) fits in max_tokens.
+
+    Within a pass the units keep their order, so a batch that fits in one pass is laid out (and
+    summed, to the last bit) exactly as without splitting.
+    """
     groups: list[list[int]] = []
     for u in sorted(range(len(widths)), key=lambda u: -widths[u]):
         if groups and (len(groups[-1]) + 1) * widths[groups[-1][0]] <= max_tokens:
             groups[-1].append(u)
         else:
             groups.append([u])
-    return groups
+    return [sorted(group) for group in groups]
