@@ -91,7 +91,7 @@ class TrainConfig(_Section):
     # passes whose gradients add up to the same update: the same result with less activation memory.
     # "auto": on the CPU, about 128 MB of saved activations by the model's shape; on a GPU and
     # under DeepSpeed, one pass. None: always one pass.
-    tokens_per_pass: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
+    tokens_per_pass: Annotated[int, Field(ge=1, strict=True)] | Literal["auto"] | None = "auto"  # strict: true is no 1
     group_by_length: bool = False  # batch rows of similar length; beware: can make batches single-task
 
 

@@ -77,7 +77,7 @@ def test_passes_hold_a_fraction_of_the_activations_and_auto_sizes_them_by_the_mo
     assert resolve_tokens_per_pass(512, model, on_cpu=False, deepspeed=False) == 512
 
 
-@pytest.mark.parametrize("value", [0, -5, "half", 1.5])
+@pytest.mark.parametrize("value", [0, -5, "half", 1.5, True])
 def test_tokens_per_pass_is_validated(value):
     with pytest.raises(ConfigError, match="train.tokens_per_pass"):
         default_sft_config().evolve(train=dict(tokens_per_pass=value))
