@@ -114,12 +114,14 @@ class OptimizerConfig(_Section):
 
 
 class SchedulerConfig(_Section):
-    # cosine: warmup, then cosine decay to min_lr_ratio*lr at total_steps.
-    # cosine_annealing: torch's CosineAnnealingLR with trlX's kwargs (T_max, eta_min).
+    # Transformers' schedules (constant_with_warmup, linear, cosine_with_min_lr): warmup, then
+    # constant: lr; linear: decay to 0 at total_steps; cosine: cosine decay to min_lr_ratio*lr at total_steps.
+    # cosine_annealing: trlX's, torch's CosineAnnealingLR(**kwargs) with T_max (default total_steps)
+    # and eta_min (default 0); no warmup, as in trlX.
     name: Literal["constant", "linear", "cosine", "cosine_annealing"] = "cosine"
-    warmup_steps: int = Field(50, ge=0)  # linear warmup from 0, in optimizer steps
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # floor of linear/cosine decay, relative to lr
-    kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to cosine_annealing only
+    warmup_steps: int = Field(50, ge=0)  # optimizer steps of linear warmup from LR 0; not for cosine_annealing
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # floor of the cosine decay, relative to lr; cosine only
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # cosine_annealing's T_max, eta_min; an error for the others
 
 
 class MethodConfig(_Section):
