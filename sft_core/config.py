@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from sft_core.errors import ConfigError
 
@@ -53,6 +53,46 @@ class ModelConfig(_Section):
     model_arch_type: Literal["causal"] = "causal"  # trlX field; SFT here is decoder-only
     trust_remote_code: bool = False  # off unless you trust the model folder's Python code
     model_extra_configs: dict[str, Any] = Field(default_factory=dict)  # extra from_pretrained kwargs
+    # Weights' dtype. "auto": the checkpoint's own. float16 trains only on a GPU; on a CPU use bfloat16.
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    gguf_file: str | None = None  # a .gguf file inside the model_path folder (or set model_path to the file)
+    # A PEFT adapter in PEFT's own form, as in trlX, e.g. {"peft_type": "LORA", "r": 16, "lora_alpha": 32,
+    # "target_modules": "all-linear"}; or a peft.PeftConfig from Python. None: train the weights themselves.
+    peft_config: dict[str, Any] | None = None
+    merge_adapters_on_export: bool = False  # export the merged full model instead of the adapter alone
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dtype_from_extra_configs(cls, data: Any) -> Any:
+        """`dtype` (or transformers' older `torch_dtype`) in model_extra_configs means model.dtype."""
+        if not isinstance(data, dict) or not isinstance(data.get("model_extra_configs"), dict):
+            return data
+        extra = dict(data["model_extra_configs"])
+        found = {key: extra.pop(key) for key in ("dtype", "torch_dtype") if key in extra}
+        if not found:
+            return data
+        values = {str(v).removeprefix("torch.") for v in found.values()}
+        explicit = data.get("dtype", "float32")  # the default gives way to model_extra_configs
+        if len(values) > 1 or (explicit != "float32" and str(explicit) not in values):
+            raise ValueError(f"model.dtype and model_extra_configs {sorted(found)} disagree; set only model.dtype")
+        return {**data, "model_extra_configs": extra, "dtype": values.pop()}
+
+    @field_validator("peft_config", mode="before")
+    @classmethod
+    def _peft_config(cls, v: Any) -> Any:
+        """A PeftConfig object becomes its dict; a dict is checked by peft itself (peft_type, field names)."""
+        if v is None:
+            return None
+        from sft_core.adapters import peft_config_as_dict
+
+        return peft_config_as_dict(v)
+
+    @model_validator(mode="after")
+    def _adapter_or_unfrozen_layers(self) -> ModelConfig:
+        if self.peft_config is not None and self.num_layers_unfrozen != -1:
+            raise ValueError("model.num_layers_unfrozen freezes layers of the full model; with model.peft_config "
+                             "only the adapter trains, so leave num_layers_unfrozen at -1")
+        return self
 
 
 class TokenizerConfig(_Section):
@@ -60,6 +100,8 @@ class TokenizerConfig(_Section):
     padding_side: Literal["left", "right"] = "right"  # for training batches; generation always pads left
     truncation_side: Literal["left", "right"] = "right"  # which end of a too-long row is cut
     tokenizer_extra_configs: dict[str, Any] = Field(default_factory=dict)  # extra from_pretrained kwargs
+    # For a model without a chat template (or to replace its own): "chatml", a Jinja string, or a .jinja file.
+    chat_template: str | None = None
 
 
 class TrainConfig(_Section):
@@ -191,7 +233,7 @@ RL_ONLY_KEYS: dict[str, set[str]] = {
         "gen_experience_kwargs", "num_value_layers_unfrozen", "tau", "cql_scale", "awac_scale", "alpha",
         "beta", "steps_for_target_q_sync", "two_qs", "num_train_sequences",
     },
-    "model": {"peft_config", "num_value_layers_unfrozen"},
+    "model": {"num_value_layers_unfrozen"},
 }
 
 

@@ -11,9 +11,12 @@ import torch
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from sft_core.adapters import apply_adapter, log_parameter_counts
 from sft_core.config import EMBEDDED_MODEL, ModelConfig, TokenizerConfig
 from sft_core.embedded import build_byte_tokenizer, build_tiny_llama
 from sft_core.errors import ConfigError, ModelLoadError
+from sft_core.export import MERGE_ON_EXPORT_ATTR
+from sft_core.gguf import gguf_location, load_gguf_model, load_gguf_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +26,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 def load_tokenizer(tok_cfg: TokenizerConfig, model_cfg: ModelConfig) -> PreTrainedTokenizerBase:
     path = tok_cfg.tokenizer_path or model_cfg.model_path
     field = "tokenizer.tokenizer_path" if tok_cfg.tokenizer_path else "model.model_path"
+    gguf = None if tok_cfg.tokenizer_path else gguf_location(model_cfg)
     if path == EMBEDDED_MODEL:
         tokenizer = build_byte_tokenizer()
+    elif gguf is not None:
+        tokenizer = load_gguf_tokenizer(*gguf, **tok_cfg.tokenizer_extra_configs)
     else:
         local = Path(path).expanduser()
         if local.is_dir() and not any((local / f).exists() for f in TOKENIZER_FILES):
@@ -39,24 +45,82 @@ def load_tokenizer(tok_cfg: TokenizerConfig, model_cfg: ModelConfig) -> PreTrain
         logger.info("Tokenizer has no pad token; using EOS (%r) for padding", tokenizer.eos_token)
     tokenizer.padding_side = tok_cfg.padding_side
     tokenizer.truncation_side = tok_cfg.truncation_side
+    if tok_cfg.chat_template is not None:
+        tokenizer.chat_template = resolve_chat_template(tok_cfg.chat_template)
     return tokenizer
 
 
 def load_model(model_cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
-    if model_cfg.model_path == EMBEDDED_MODEL:
-        model = build_tiny_llama(seed)
-    else:
-        if model_cfg.trust_remote_code:
-            logger.warning("trust_remote_code is ON: Python code from %s will run", model_cfg.model_path)
-        model = _from_pretrained(AutoModelForCausalLM, model_cfg.model_path, "model.model_path",
-                                 trust_remote_code=model_cfg.trust_remote_code, dtype=torch.float32,
-                                 **model_cfg.model_extra_configs)
+    """The model to train: weights in model.dtype, bottom layers frozen, or wrapped in a PEFT adapter."""
+    model = load_base_model(model_cfg, seed)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     freeze_bottom_layers(model, model_cfg.num_layers_unfrozen)
+    if model_cfg.peft_config is not None:
+        model = apply_adapter(model, model_cfg.peft_config)
+        # Where the adapter's base comes from: AutoPeftModelForCausalLM and the registry reload it from here.
+        model.peft_config["default"].base_model_name_or_path = base_model_reference(model_cfg)
+        setattr(model, MERGE_ON_EXPORT_ATTR, model_cfg.merge_adapters_on_export)
+    log_parameter_counts(model)
     return model
+
+
+def load_base_model(model_cfg: ModelConfig, seed: int) -> PreTrainedModel:
+    """The pretrained weights alone (embedded, HF folder or hub name, or GGUF file), in model.dtype."""
+    dtype = resolve_dtype(model_cfg.dtype)
+    gguf = gguf_location(model_cfg)
+    if model_cfg.model_path == EMBEDDED_MODEL:
+        model = build_tiny_llama(seed).to(torch.float32 if dtype == "auto" else dtype)
+    elif gguf is not None:
+        model = load_gguf_model(*gguf, dtype=dtype, **model_cfg.model_extra_configs)
+    else:
+        if model_cfg.trust_remote_code:
+            logger.warning("trust_remote_code is ON: Python code from %s will run", model_cfg.model_path)
+        model = _from_pretrained(AutoModelForCausalLM, model_cfg.model_path, "model.model_path",
+                                 trust_remote_code=model_cfg.trust_remote_code, dtype=dtype,
+                                 **model_cfg.model_extra_configs)
+    logger.info("Loaded %s (%s weights)", model_cfg.model_path, str(model.dtype).removeprefix("torch."))
+    return model
+
+
+def resolve_dtype(name: str) -> torch.dtype | str:
+    """model.dtype as a torch dtype ("auto" stays "auto": from_pretrained reads the checkpoint's)."""
+    if name == "float16" and not torch.cuda.is_available():
+        raise ConfigError("model.dtype", "float16 weights cannot be trained on the CPU (no float16 matmul "
+                          "kernels, and without loss scaling its gradients underflow); use bfloat16")
+    return name if name == "auto" else getattr(torch, name)
+
+
+def base_model_reference(model_cfg: ModelConfig) -> str:
+    """What reloads the base model: the embedded name, a hub name, or an absolute local path."""
+    gguf = gguf_location(model_cfg)
+    if gguf is not None:
+        return str((gguf[0] / gguf[1]).resolve())
+    local = Path(model_cfg.model_path).expanduser()
+    return str(local.resolve()) if local.exists() else model_cfg.model_path
+
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def resolve_chat_template(setting: str) -> str:
+    """tokenizer.chat_template: "chatml", a path to a .jinja file, or the Jinja text itself."""
+    if setting == "chatml":
+        return CHATML_TEMPLATE
+    if setting.endswith((".jinja", ".j2")) and "{" not in setting:
+        path = Path(setting).expanduser()
+        if not path.is_file():
+            raise ConfigError("tokenizer.chat_template", f"template file {path} does not exist")
+        return path.read_text(encoding="utf-8")
+    if "{%" not in setting and "{{" not in setting:
+        raise ConfigError("tokenizer.chat_template", f"{setting!r} is neither \"chatml\", a .jinja file, "
+                          "nor a Jinja template (no {% or {{ in it)")
+    return setting
 
 
 # Outputs worth keeping under selective checkpointing: the matmuls and attention are most of the

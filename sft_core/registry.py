@@ -24,7 +24,32 @@ def pip_requirements() -> list[str]:
     """Pinned to what is installed, so `mlflow models serve` rebuilds the same environment."""
     from importlib.metadata import version
 
-    return [f"{name}=={version(name)}" for name in ("torch", "transformers", "accelerate", "safetensors", "tokenizers")]
+    return [f"{name}=={version(name)}"
+            for name in ("torch", "transformers", "accelerate", "safetensors", "tokenizers", "peft")]
+
+
+def is_adapter_folder(model_dir: str | Path) -> bool:
+    """An adapter export (PEFT's adapter_config.json) rather than a full model folder."""
+    return (Path(model_dir) / "adapter_config.json").is_file()
+
+
+def load_adapter_model(model_dir: str | Path):
+    """The adapter on its base, as a PEFT model. MLflow's transformers flavor logs a PEFT model as the
+    adapter plus its base (the base's weights too, when the base is a local folder rather than a hub name)."""
+    import json
+
+    from peft import PeftModel
+
+    from sft_core.config import EMBEDDED_MODEL, ModelConfig
+    from sft_core.errors import ModelLoadError
+    from sft_core.modeling import load_base_model
+
+    base = json.loads((Path(model_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if base == EMBEDDED_MODEL:
+        raise ModelLoadError(f"{model_dir}: an adapter over the embedded model has no base to load by name; set "
+                             "model.merge_adapters_on_export=true, or train from a folder (python -m sft_core "
+                             "export-embedded DIR)")
+    return PeftModel.from_pretrained(load_base_model(ModelConfig(model_path=base, dtype="auto"), seed=0), model_dir)
 
 
 def log_and_register(
@@ -37,10 +62,16 @@ def log_and_register(
 
     uri = resolve_tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
-    # Logged from memory: logging from a checkpoint folder breaks with transformers 5.x.
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    # Logged from memory: logging from a checkpoint folder breaks with transformers 5.x. MLflow's
+    # transformers flavor lacked 5.x support (https://github.com/mlflow/mlflow/issues/20604); its
+    # checkpoint-folder path read `pipeline.framework`, which 5.x removed, until
+    # https://github.com/mlflow/mlflow/pull/20728. Not re-checked against the MLflow pinned here.
+    adapter = is_adapter_folder(model_dir)
+    model = load_adapter_model(model_dir) if adapter else AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # Token-id columns are never missing, so MLflow's schema hint does not apply:
+        # https://www.mlflow.org/docs/latest/models.html#handling-integers-with-missing-values
         warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
         info = mlflow.transformers.log_model(
             {"model": model, "tokenizer": tokenizer}, name="model", task="text-generation",
