@@ -6,73 +6,56 @@ trigger runs from the Prefect UI (see deployments/).
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # `python -m flows.sft`: boot the local Prefect server while the imports below run
-    from flows.local_server import start_temporary_server_early
+if __name__ == "__main__":  # `python -m flows.sft`: with no Prefect server configured, boot Prefect's
+    from flows.local_server import start_temporary_server_early  # temporary one while the imports below run
 
     _temporary_server = start_temporary_server_early()
 
 import argparse  # noqa: E402 - after the server kick-off above, on purpose
-import shutil
 import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.local_server import use_lean_temporary_server
-from sft_core.checkpoint import list_checkpoints
+from flows.local_server import start_temporary_server_early
 from sft_core.config import parse_set_args
-from sft_core.tracking import ensure_experiment, probe_tracking_server, redact_uri, resolve_tracking_uri
+from sft_core.run import fail_run
+from sft_core.tracking import ensure_experiment, redact_uri, resolve_tracking_uri
 from tasks.artifacts import PipelineResult
-from tasks.configure import FLOW_RUN_TAG, build_config, configure, pipeline_tracking_uri
+from tasks.configure import configure
 from tasks.define_metrics import define_metrics
-from tasks.params import PipelineConfig
+from tasks.params import PipelineConfig, run_name_for
 from tasks.prepare_data import prepare_data
 from tasks.save import save
 from tasks.train import train
 
 
-def _close_failed_run(flow, flow_run, state) -> None:
-    """A failed or crashed flow marks its MLflow run FAILED (not RUNNING forever), and removes its
-    run folder when that holds nothing to keep (no checkpoint, no model): bad input leaves no half-made run."""
+def _fail_run(flow, flow_run, state) -> None:
+    """A failed or crashed flow marks its MLflow run FAILED (not RUNNING forever), and removes its run
+    folder when that holds nothing to keep (no checkpoint, no model): bad input leaves no half-made run."""
     try:
         params = PipelineConfig.model_validate(flow_run.parameters.get("config") or {})
-        run_dir = Path(params.runs_dir) / (params.run_name or flow_run.name)
-        if run_dir.is_dir() and not list_checkpoints(run_dir / "checkpoints") and not (run_dir / "model").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
-        _mark_mlflow_run_failed(params, str(flow_run.id))
+        fail_run(Path(params.runs_dir).resolve() / run_name_for(params, flow_run.name))
     except Exception:  # noqa: BLE001 - a hook must not mask the flow's own error
         pass
 
 
-def _mark_mlflow_run_failed(params: PipelineConfig, flow_run_id: str) -> None:
-    import mlflow
-
-    uri = resolve_tracking_uri(params.tracking_uri)
-    probe_tracking_server(uri)  # a down server would hold the hook in MLflow's retries for minutes
-    client = mlflow.MlflowClient(uri)
-    experiment = client.get_experiment_by_name(params.experiment_name)
-    if experiment is None:
-        return
-    for run in client.search_runs([experiment.experiment_id], filter_string=f"tags.`{FLOW_RUN_TAG}` = '{flow_run_id}'"):
-        client.set_terminated(run.info.run_id, "FAILED")
-
-
-@flow(name="sft-pipeline", on_failure=[_close_failed_run], on_crashed=[_close_failed_run])
+@flow(name="sft-pipeline", on_failure=[_fail_run], on_crashed=[_fail_run])
 def sft_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineResult:
     """Fine-tune a causal LM and register it in MLflow."""
     run = configure(config)
-    data = prepare_data(run.data_spec)
+    data = prepare_data(run)
     if not Path(data.path).exists():  # a cached result whose folder was deleted since
-        data = prepare_data.with_options(refresh_cache=True)(run.data_spec)
-    metrics = define_metrics(run.config.method.metrics, data, run.config.method.metric_module_prefixes)
-    trained = train(run, data, metrics)
+        data = prepare_data.with_options(refresh_cache=True)(run)
+    metrics = define_metrics(run, data)
+    trained = train(run, data, concurrency_limit=config.concurrency_limit, wait_for=[metrics])
     exported = save(run, trained, data)
-    get_run_logger().info("Model: %s | MLflow run %s (%s)%s", exported.model_dir, run.mlflow_run_id,
-                          redact_uri(run.tracking_uri),
+    tracking_uri = redact_uri(run.config.tracking.tracking_uri or "")
+    get_run_logger().info("Model: %s | MLflow run %s (%s)%s", exported.model_dir, run.mlflow_run_id, tracking_uri,
                           f" | registered {exported.registered_name} v{exported.version}" if exported.version else "")
     return PipelineResult(
-        run_name=run.run_name, run_dir=run.run_dir, model_dir=exported.model_dir, final_metrics=trained.final_metrics,
-        mlflow_run_id=run.mlflow_run_id, tracking_uri=redact_uri(run.tracking_uri), model_uri=exported.model_uri,
+        run_name=run.name, run_dir=run.root, model_dir=exported.model_dir, final_metrics=trained.final_metrics,
+        mlflow_run_id=run.mlflow_run_id, tracking_uri=tracking_uri, model_uri=exported.model_uri,
         registered_name=exported.registered_name, version=exported.version,
     )
 
@@ -83,7 +66,7 @@ def _warm_up_local_tracking(params: PipelineConfig) -> None:
     Only for a valid config whose store is a local sqlite file; anything else is left to configure,
     which reports what is wrong (and nothing is created for a config it rejects)."""
     try:
-        uri = pipeline_tracking_uri(params, build_config(params))
+        uri = resolve_tracking_uri(params.to_sft_config().tracking.tracking_uri)
         if uri.startswith("sqlite:///"):
             ensure_experiment(params.experiment_name, uri)
     except Exception:  # noqa: BLE001 - configure runs the same steps and reports failures properly
@@ -98,10 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-name")
     parser.add_argument("--num-processes", type=int, default=1)
     args = parser.parse_args(argv)
-    use_lean_temporary_server()
     params = PipelineConfig(config_path=args.config, overrides=parse_set_args(args.set), run_name=args.run_name,
                             num_processes=args.num_processes)
-    server = globals().get("_temporary_server")
+    server = globals().get("_temporary_server") or start_temporary_server_early()  # None: a configured server
     if server is not None:
         _warm_up_local_tracking(params)  # on the core the server's boot leaves idle
         server.wait_until_up()  # the flow's first API call must find it up

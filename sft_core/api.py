@@ -13,7 +13,7 @@ from accelerate.utils import set_seed
 from sft_core.config import SFTConfig, default_sft_config
 from sft_core.data.prepared import prepare_from_config
 from sft_core.evaluation import build_eval_prompts
-from sft_core.metrics import MetricFn, resolve_metric
+from sft_core.metrics import MetricFn, resolve_metrics
 from sft_core.modeling import enable_gradient_checkpointing, load_model, load_tokenizer
 from sft_core.trainer import AccelerateSFTTrainer, Callback
 
@@ -25,8 +25,11 @@ _RL_ARGUMENTS = ("reward_fn", "rewards", "prompts", "dataset")
 def make_accelerator(config: SFTConfig) -> Accelerator:
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # Accelerate keeps process-wide state and refuses a second run in the same process
-        # (a notebook, a Prefect worker) with another mixed_precision. One process has no
-        # process group to lose, so start from a clean state.
+        # (a notebook, a Prefect worker) with another mixed_precision: "AcceleratorState has
+        # already been initialized and cannot be changed" (AcceleratorState._check_initialized;
+        # https://github.com/huggingface/accelerate/issues/2463). One process has no process
+        # group to lose, so start from a clean state. _reset_state is private; Accelerate's own
+        # tests call it the same way between setups (https://github.com/huggingface/accelerate/pull/1055).
         AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(
         mixed_precision=config.train.mixed_precision,
@@ -70,8 +73,7 @@ def train(
     accelerator = make_accelerator(config)
     set_seed(config.train.seed)
     tokenizer = load_tokenizer(config.tokenizer, config.model)
-    metric_fns: list[MetricFn] = [resolve_metric(name, config.method.metric_module_prefixes)
-                                  for name in config.method.metrics]
+    metric_fns: list[MetricFn] = resolve_metrics(config.method)
     if metric_fn is not None:
         metric_fns.append(metric_fn)
 

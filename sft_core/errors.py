@@ -6,6 +6,8 @@ and each message names the config field, file or line the user has to fix.
 
 from __future__ import annotations
 
+BAD_INPUT_EXIT_CODE = 2  # `python -m sft_core` exits with this on an SFTError: a launcher knows not to retry
+
 
 class SFTError(ValueError):
     """Base class: any input sft_core refuses."""

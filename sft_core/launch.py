@@ -28,14 +28,21 @@ LAUNCH_CONFIGS = Path(__file__).with_name("launch_configs")
 
 
 class ChildFailed(RuntimeError):
-    def __init__(self, message: str, tail: list[str]):
+    """The child failed; ``exit_code`` is its status (None when we killed it at its deadline)."""
+
+    def __init__(self, message: str, tail: list[str], exit_code: int | None = None):
         self.tail = tail
+        self.exit_code = exit_code
         super().__init__(message + ("\n--- last lines ---\n" + "\n".join(tail) if tail else ""))
 
 
 def launch_command(config_path: str | Path, dist: DistributedConfig, *, output_dir: str | Path,
-                   gpu_available: bool) -> tuple[list[str], dict[str, str]]:
+                   gpu_available: bool | None = None) -> tuple[list[str], dict[str, str]]:
     """The command line and extra environment for one training run."""
+    if gpu_available is None:
+        import torch
+
+        gpu_available = torch.cuda.is_available()
     train_args = ["-m", "sft_core", "train", str(config_path), "--output", str(output_dir)]
     env = {"PYTHONUNBUFFERED": "1"}
     if dist.num_processes == 1 and dist.accelerate_config == "single":
@@ -85,7 +92,7 @@ def run_child(cmd: list[str], *, env: dict[str, str], cwd: str | Path | None = N
         if proc.poll() is None:  # cancelled, interrupted or failed in the parent: take the children down
             kill_tree(proc.pid)
     if code != 0:
-        raise ChildFailed(f"training process exited with code {code}", list(tail))
+        raise ChildFailed(f"training process exited with code {code}", list(tail), exit_code=code)
 
 
 def kill_tree(pid: int, grace_s: float = 10.0) -> None:

@@ -12,7 +12,7 @@ import logging
 import math
 from typing import Any, Callable, Sequence
 
-from sft_core.config import DEFAULT_METRIC_MODULE_PREFIXES
+from sft_core.config import DEFAULT_METRIC_MODULE_PREFIXES, MethodConfig
 from sft_core.errors import MetricError
 
 logger = logging.getLogger(__name__)
@@ -84,6 +84,11 @@ def resolve_metric(ref: str, allowed_prefixes: Sequence[str] = DEFAULT_METRIC_MO
     if not callable(fn):
         raise MetricError(f"method.metrics: {module_name!r} has no function {attr!r}")
     return fn
+
+
+def resolve_metrics(method: MethodConfig) -> list[MetricFn]:
+    """``method.metrics`` as functions: a typo fails here, in seconds, not after an hour of training."""
+    return [resolve_metric(ref, method.metric_module_prefixes) for ref in method.metrics]
 
 
 def compute_metrics(

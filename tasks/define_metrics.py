@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from sft_core.metrics import resolve_metric
-from tasks.artifacts import MetricSuite, PreparedData
+from sft_core.metrics import resolve_metrics
+from tasks.artifacts import MetricSuite, PreparedData, Run
 
 
 @task(name="define_metrics", persist_result=True, result_serializer="json")
-def define_metrics(metrics: list[str], data: PreparedData, allowed_prefixes: list[str]) -> MetricSuite:
+def define_metrics(run: Run, data: PreparedData) -> MetricSuite:
     """A typo in a metric name fails here, in seconds, not after an hour of training."""
-    for ref in metrics:
-        resolve_metric(ref, allowed_prefixes)
-    if metrics and data.eval_prompts == 0:
-        get_run_logger().warning("metrics %s are set but the data has no eval prompts to generate from", metrics)
-    return MetricSuite(metrics=list(metrics), eval_prompts=data.eval_prompts)
+    method = run.config.method
+    resolve_metrics(method)
+    if method.metrics and data.eval_prompts == 0:
+        get_run_logger().warning("metrics %s are set but the data has no eval prompts to generate from",
+                                 method.metrics)
+    return MetricSuite(metrics=list(method.metrics), eval_prompts=data.eval_prompts)

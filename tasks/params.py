@@ -6,10 +6,14 @@ empty keeps the value of the base config (the embedded demo, or ``config_path``)
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from sft_core.config import SFTConfig, default_sft_config
+
+FLOW_RUN_TAG = "prefect.flow_run_id"  # on the MLflow run: a retried flow run finds the run it opened
 
 
 def _no_null_default(schema: dict[str, Any]) -> None:
@@ -68,8 +72,18 @@ class PipelineConfig(BaseModel):
     tracking_uri: OptionalStr = Field(
         None, description="MLflow tracking URI. Empty: $MLFLOW_TRACKING_URI, else sqlite in the working folder.")
     registered_model_name: OptionalStr = Field(
-        "sftflow-demo", description="Register the exported model under this name. Empty: log without registering.")
+        "sftflow-demo", description="Register the exported model under this name. Empty: the base config's "
+                                    "tracking.registered_model_name (the demo's: none, log without registering).")
     model_alias: str = Field("candidate", description="Alias set on the new model version.")
+
+    def to_sft_config(self) -> SFTConfig:
+        """The sft_core config this run trains with: its base YAML (or the demo) plus the form's fields."""
+        base = SFTConfig.load_yaml(self.config_path) if self.config_path else default_sft_config()
+        return base.with_overrides(self.config_overrides())
+
+    @property
+    def train_timeout_s(self) -> float | None:
+        return self.train_timeout_minutes * 60 if self.train_timeout_minutes else None
 
     def config_overrides(self) -> dict[str, Any]:
         """The form fields as dotted sft_core overrides (only those that were filled in)."""
@@ -77,6 +91,15 @@ class PipelineConfig(BaseModel):
             "model.model_path": self.model_path, "data.path": self.data_path, "train.total_steps": self.total_steps,
             "train.batch_size": self.batch_size, "optimizer.kwargs.lr": self.learning_rate,
             "train.eval_interval": self.eval_interval, "train.mixed_precision": self.mixed_precision,
-            "method.metrics": self.metrics,
+            "method.metrics": self.metrics, "tracking.tracking_uri": self.tracking_uri,
+            "tracking.experiment_name": self.experiment_name,
+            "tracking.registered_model_name": self.registered_model_name,
+            "tracking.registered_model_alias": self.model_alias,
+            "distributed.num_processes": self.num_processes, "distributed.accelerate_config": self.accelerate_config,
         }
         return {**{k: v for k, v in mapped.items() if v is not None}, **self.overrides}
+
+
+def run_name_for(params: PipelineConfig, flow_run_name: str | None) -> str:
+    """The run folder's name: the form's run_name, else the flow run's name (Prefect's two-word names)."""
+    return params.run_name or flow_run_name or time.strftime("run-%Y%m%d-%H%M%S")

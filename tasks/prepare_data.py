@@ -1,35 +1,24 @@
-"""Stage 2: load and tokenize the data once; cached across runs by its inputs and the source's content."""
+"""Stage 2: load and tokenize the data once; cached across runs by the content of what decides it."""
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from sft_core.config import DataConfig, ModelConfig, SFTConfig, TokenizerConfig
-from sft_core.data.prepared import prepare_from_config, save_prepared
-from sft_core.modeling import load_tokenizer
-from tasks.artifacts import DataSpec, PreparedData
+from sft_core import run as sft_run
+from tasks.artifacts import PreparedData, Run
 
 
-@task(name="prepare_data", cache_policy=INPUTS + TASK_SOURCE, persist_result=True, result_serializer="json")
-def prepare_data(spec: DataSpec) -> PreparedData:
+def _data_key(context: Any, parameters: dict[str, Any]) -> str:
+    """The engine's content key, per runs_dir (Prefect stores the result under this name)."""
+    return "prepare-data-" + hashlib.sha256(str(parameters["run"].prepared_dir).encode()).hexdigest()[:24]
+
+
+@task(name="prepare_data", cache_key_fn=_data_key, persist_result=True, result_serializer="json")
+def prepare_data(run: Run) -> PreparedData:
     """Tokenized Arrow sets in ``<runs_dir>/.prepared/<key>``, shared by every run with the same inputs."""
-    config = SFTConfig(
-        model=ModelConfig(model_path=spec.model_path, trust_remote_code=spec.trust_remote_code),
-        tokenizer=TokenizerConfig(**spec.tokenizer), data=DataConfig(**spec.data),
-    ).evolve(train=dict(seq_length=spec.seq_length, seed=spec.seed))
-    tokenizer = load_tokenizer(config.tokenizer, config.model)
-    bundle = prepare_from_config(config, tokenizer)
-    key = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
-    path = save_prepared(bundle, Path(spec.prepared_root) / key, tokenizer=tokenizer, seq_length=spec.seq_length)
-    train = bundle.train.stats
-    get_run_logger().info("Prepared %s: %s", bundle.source, train.summary())
-    return PreparedData(
-        path=str(path), train_rows=train.rows_out, eval_rows=bundle.eval.stats.rows_out if bundle.eval else 0,
-        eval_prompts=len(bundle.eval_prompts or []), train_tokens=train.total_tokens,
-        target_tokens=train.target_tokens, truncated_rows=train.rows_truncated, dropped_rows=train.rows_dropped,
-        fingerprint=bundle.fingerprint, source=bundle.source,
-    )
+    data = sft_run.prepare_data(run)
+    get_run_logger().info("Prepared %s: %s", data.source, data.summary())
+    return data

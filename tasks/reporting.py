@@ -1,8 +1,9 @@
-"""What the Prefect UI shows about a run: a live progress bar, eval samples, a markdown summary."""
+"""What the Prefect UI shows about a run: a live progress bar, eval samples, a markdown summary, run logs."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -10,41 +11,32 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
     update_progress_artifact
 
+from sft_core.layout import EVAL_SAMPLES_FILE
 from sft_core.tracking import redact_uri
-from tasks.artifacts import ExportedModel, PreparedData, RunConfig, TrainResult
+from tasks.artifacts import ExportedModel, PreparedData, Run, TrainSummary
 
 
 class TrainingProgress:
-    """Percent of optimizer steps done, updated at most every ``min_interval_s`` seconds."""
+    """A trainer callback: percent of optimizer steps done (at most every ``min_interval_s``), and
+    each eval's metrics in the run log."""
 
-    def __init__(self, total_steps: int, metrics_path: Path, min_interval_s: float = 5.0):
+    def __init__(self, total_steps: int, logger: logging.Logger | logging.LoggerAdapter,
+                 min_interval_s: float = 5.0):
         self.total_steps = total_steps
-        self.metrics_path = metrics_path
+        self.logger = logger
         self.min_interval_s = min_interval_s
         self._last_update = 0.0
-        self._offset = 0
         self.artifact_id = create_progress_artifact(progress=0.0, key="training-progress",
                                                     description="Optimizer steps done, in percent")
 
-    def on_event(self, event: str, payload: dict[str, Any]) -> None:
-        """sft_core trainer callback (in-process training)."""
+    def __call__(self, event: str, payload: dict[str, Any]) -> None:
         if event == "log":
             self.update(payload["step"])
+        elif event == "eval":
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in payload["metrics"].items())
+            self.logger.info("eval at step %d: %s", payload["step"], shown)
         elif event == "end":
             self.update(payload["steps"], force=True)
-
-    def poll(self) -> None:
-        """Child-process training: read new lines of metrics.jsonl."""
-        if time.monotonic() - self._last_update < self.min_interval_s or not self.metrics_path.exists():
-            return
-        with self.metrics_path.open() as f:
-            f.seek(self._offset)
-            new = f.read()
-        complete, _, _ = new.rpartition("\n")
-        self._offset += len(complete) + 1 if complete else 0
-        steps = [json.loads(line)["step"] for line in complete.splitlines() if line.strip()]
-        if steps:
-            self.update(max(steps))
 
     def update(self, step: int, force: bool = False) -> None:
         now = time.monotonic()
@@ -53,9 +45,24 @@ class TrainingProgress:
             update_progress_artifact(self.artifact_id, progress=min(100.0, 100.0 * step / max(self.total_steps, 1)))
 
 
+class ThrottledLog:
+    """A launched child's output into the run log; tqdm's redraws at most every 10 s, the rest as it comes."""
+
+    def __init__(self, logger: logging.Logger | logging.LoggerAdapter, every_s: float = 10.0):
+        self.logger, self.every_s, self._last = logger, every_s, 0.0
+
+    def __call__(self, line: str) -> None:
+        if "it/s" in line or "s/it" in line:
+            now = time.monotonic()
+            if now - self._last < self.every_s:
+                return
+            self._last = now
+        self.logger.info(line)
+
+
 def publish_eval_samples(logging_dir: Path, limit: int = 50) -> None:
     """The last eval's generated samples as a table: prompt, output, reference, scores."""
-    path = logging_dir / "eval_samples.jsonl"
+    path = logging_dir / EVAL_SAMPLES_FILE
     if not path.exists():
         return
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -66,17 +73,15 @@ def publish_eval_samples(logging_dir: Path, limit: int = 50) -> None:
     create_table_artifact(table=table, key="eval-samples", description=f"Generated at step {last_step}")
 
 
-def publish_summary(run: RunConfig, data: PreparedData, trained: TrainResult, exported: ExportedModel) -> None:
+def publish_summary(run: Run, data: PreparedData, trained: TrainSummary, exported: ExportedModel) -> None:
     metrics = "\n".join(f"| `{k}` | {v:.4f} |" for k, v in sorted(trained.final_metrics.items()))
-    dropped = ", ".join(f"{n} {why}" for why, n in data.dropped_rows.items()) or "none"
     registry = (f"`{exported.registered_name}` version {exported.version} (alias `@{exported.alias}`), "
                 f"load with `mlflow.transformers.load_model(\"models:/{exported.registered_name}@{exported.alias}\")`"
                 if exported.registered_name else "not registered")
-    create_markdown_artifact(key="run-summary", description=f"Summary of {run.run_name}", markdown=f"""
-# SFT run `{run.run_name}`
+    create_markdown_artifact(key="run-summary", description=f"Summary of {run.name}", markdown=f"""
+# SFT run `{run.name}`
 
-**Data** ({data.source}): {data.train_rows} training rows ({data.target_tokens} target tokens),
-{data.eval_rows} held-out rows, {data.eval_prompts} eval prompts; {data.truncated_rows} truncated; dropped: {dropped}.
+**Data** ({data.source}): {data.summary()}.
 
 **Training**: {trained.steps} steps in {trained.train_seconds:.0f} s ({trained.target_tokens_per_s:.0f} target tokens/s).
 
@@ -88,8 +93,18 @@ def publish_summary(run: RunConfig, data: PreparedData, trained: TrainResult, ex
 
 **Registry**: {registry}
 
-**MLflow run**: `{run.mlflow_run_id}` at `{redact_uri(run.tracking_uri)}`
+**MLflow run**: `{run.mlflow_run_id}` at `{redact_uri(run.config.tracking.tracking_uri or '')}`
 """)
+
+
+def mlflow_run_url(run: Run) -> str:
+    """The run's page in the MLflow UI: the tracking server's, or a local `mlflow ui` for a sqlite store."""
+    uri = run.config.tracking.tracking_uri or ""
+    base = redact_uri(uri).replace("***@", "") if uri.startswith("http") else "http://127.0.0.1:5000"
+    import mlflow
+
+    experiment_id = mlflow.MlflowClient(uri).get_run(run.mlflow_run_id).info.experiment_id
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run.mlflow_run_id}"
 
 
 def _cell(value: Any) -> Any:

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import datasets
 from datasets import Dataset, load_from_disk
+from pydantic import BaseModel, Field
 
 from sft_core.config import SFTConfig
 from sft_core.data.prepare import PreparedSplit, PrepStats, prepare_samples, tokenizer_fingerprint
@@ -114,3 +115,33 @@ def load_prepared(directory: str | Path, tokenizer: Any, config: SFTConfig) -> P
 
     return PreparedBundle(split("train", meta["train_stats"]), split("eval", meta["eval_stats"]),
                           meta["eval_prompts"], meta["source"])
+
+
+class PreparedData(BaseModel):
+    """What a prepared folder holds, in numbers: the prepare stage's result (plain JSON, no tensors)."""
+
+    path: str
+    source: str
+    fingerprint: str
+    train_rows: int
+    eval_rows: int
+    eval_prompts: int
+    train_tokens: int
+    target_tokens: int
+    truncated_rows: int
+    dropped_rows: dict[str, int] = Field(default_factory=dict)  # reason -> rows
+
+    @classmethod
+    def read(cls, directory: str | Path) -> PreparedData:
+        meta = json.loads((Path(directory) / MARKER).read_text())
+        train, held_out = meta["train_stats"], meta["eval_stats"]
+        return cls(path=str(directory), source=meta["source"], fingerprint=meta["fingerprint"],
+                   train_rows=train["rows_out"], eval_rows=held_out["rows_out"] if held_out else 0,
+                   eval_prompts=len(meta["eval_prompts"] or []), train_tokens=train["total_tokens"],
+                   target_tokens=train["target_tokens"], truncated_rows=train["rows_truncated"],
+                   dropped_rows=train["rows_dropped"])
+
+    def summary(self) -> str:
+        dropped = ", ".join(f"{n} {why}" for why, n in self.dropped_rows.items()) or "none"
+        return (f"{self.train_rows} training rows ({self.target_tokens} target tokens), {self.eval_rows} held-out "
+                f"rows, {self.eval_prompts} eval prompts; {self.truncated_rows} truncated; dropped: {dropped}")
