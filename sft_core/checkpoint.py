@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,17 @@ from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
 
 from sft_core.errors import ConfigError
+from sft_core.layout import CHECKPOINT_CONFIG_FILE, CHECKPOINT_PREFIX
 
 logger = logging.getLogger(__name__)
 
 
 class _TiedWeightsNote(logging.Filter):
-    """Accelerate warns on every save that it dropped tied weights (lm_head = embeddings); reload re-ties them."""
+    """Accelerate warns on every save that it dropped tied weights (lm_head = embeddings); reload re-ties them.
+
+    safetensors cannot store one tensor under two names (https://huggingface.co/docs/safetensors/torch_shared_tensors);
+    Accelerate's load_state re-ties them since https://github.com/huggingface/accelerate/pull/2875.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Removed shared tensor" not in record.getMessage()
@@ -34,7 +40,29 @@ class _TiedWeightsNote(logging.Filter):
 
 logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
 
-STATE_FILE = "trainer_state.json"
+STATE_FILE = "trainer_state.json"  # written last into a checkpoint: its presence marks the checkpoint complete
+STEP_DIR = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
+
+
+@dataclass
+class TrainerState:
+    """Everything besides weights/optimizer/RNG that a resumed run needs. Saved as JSON."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # position of the next batch ...
+    batch_in_epoch: int = 0  # ... in the seeded order
+    target_tokens_seen: int = 0
+    skipped_steps: int = 0  # non-finite losses skipped (train.on_nonfinite_loss="skip")
+    best_metric: str | None = None
+    best_value: float | None = None
+    best_step: int | None = None
+    global_batch_size: int = 0
+    scheduler: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoint_path(checkpoint_dir: Path, step: int) -> Path:
+    """Where the checkpoint after optimizer step ``step`` lives."""
+    return checkpoint_dir / f"{CHECKPOINT_PREFIX}{step}"
 
 
 def _out_of_space(err: BaseException) -> bool:
@@ -43,7 +71,6 @@ def _out_of_space(err: BaseException) -> bool:
     if isinstance(err, OSError):
         return err.errno in codes
     return any(f"(os error {code})" in str(err) for code in codes)
-STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def atomic_dir_write(accelerator: Accelerator, final: Path, write: Any) -> Path:
@@ -83,7 +110,7 @@ def save_checkpoint(accelerator: Accelerator, path: Path, trainer_state: dict[st
     def write(tmp: Path) -> None:
         accelerator.save_state(str(tmp), safe_serialization=True)
         if accelerator.is_main_process:
-            (tmp / "config.yaml").write_text(config_yaml)
+            (tmp / CHECKPOINT_CONFIG_FILE).write_text(config_yaml)
             (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))  # last: marks it complete
 
     return atomic_dir_write(accelerator, path, write)
@@ -95,6 +122,8 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict[str, Any]:
         if rng_file.exists():
             # Accelerate skips an unreadable RNG file with an info line, so a resume would silently
             # differ from the original run; read it here first (same weights-only loader) to refuse it.
+            # Upstream: https://github.com/huggingface/accelerate/issues/4283 (open; a warning is
+            # proposed in https://github.com/huggingface/accelerate/pull/4308).
             accelerate_load(rng_file)
         accelerator.load_state(str(path))
     except pickle.UnpicklingError as err:  # torch.load(weights_only=True) met something other than tensors
@@ -129,6 +158,16 @@ def rotate_checkpoints(checkpoint_dir: Path, keep: int | None) -> None:
         return
     for _, path in list_checkpoints(checkpoint_dir)[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def topmost_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what creating it would add)."""
+    path = path.resolve()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
 
 
 def _fsync_tree(root: Path) -> None:

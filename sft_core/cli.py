@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from sft_core.config import SFTConfig, default_sft_config
@@ -35,8 +34,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else Path(config.train.checkpoint_dir).parent / "model"
     trainer.save_pretrained(output)
     if PartialState().is_main_process:
-        summary = asdict(trainer.summary)
-        print(json.dumps({"model_dir": str(output.resolve()), **summary}, indent=1, default=str))
+        trainer.summary.model_dir = str(output.resolve())  # this command exported it
+        trainer.summary.write(config.train.logging_dir)
+        summary = trainer.summary.model_dump()
+        print(json.dumps({"model_dir": summary.pop("model_dir"), **summary}, indent=1, default=str))
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary["final_metrics"].items())
         print(f"\nTrained {summary['steps']} steps in {summary['train_seconds']:.0f}s ({metrics}).")
         print(f"Model: {output.resolve()}   Logs: {Path(config.train.logging_dir).resolve()}")
@@ -75,17 +76,18 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_sync_mlflow(args: argparse.Namespace) -> int:
     """Replay a run's local logs (params.json, metrics.jsonl) into a new MLflow run."""
     from sft_core.config import TrackingConfig
+    from sft_core.layout import METRICS_FILE, PARAMS_FILE
     from sft_core.tracking import MLflowTracker, read_history, redact_uri
 
     logging_dir = Path(args.logging_dir)
-    history = read_history(logging_dir / "metrics.jsonl")
+    history = read_history(logging_dir / METRICS_FILE)
     if not history:
-        print(f"error: no metrics.jsonl in {logging_dir}", file=sys.stderr)
+        print(f"error: no {METRICS_FILE} in {logging_dir}", file=sys.stderr)
         return 2
     config = default_sft_config().evolve(tracking=TrackingConfig(
         tracking_uri=args.tracking_uri, experiment_name=args.experiment, run_name=args.run_name).model_dump())
     tracker = MLflowTracker(config)
-    params_file = logging_dir / "params.json"
+    params_file = logging_dir / PARAMS_FILE
     if params_file.exists():
         tracker.log_params(json.loads(params_file.read_text()))
     for row in history:

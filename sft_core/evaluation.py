@@ -16,10 +16,10 @@ from accelerate.utils import broadcast_object_list, gather_object
 from datasets import Dataset
 
 from sft_core.config import MethodConfig
-from sft_core.data.batching import collate, contiguous_slice
+from sft_core.data.batching import collate, contiguous_slice, pack
 from sft_core.data.formats import prompt_segments
 from sft_core.data.prepare import encode_prompt
-from sft_core.errors import DataError
+from sft_core.errors import ConfigError, DataError
 from sft_core.generation import generate_texts, sweep
 from sft_core.losses import token_loss_sum
 from sft_core.metrics import MetricFn, compute_metrics
@@ -148,3 +148,34 @@ class Evaluator:
 
     def _my_slice(self, items: list[int]) -> list[int]:
         return contiguous_slice(items, self.accelerator.process_index, self.accelerator.num_processes)
+
+
+def resolve_best_metric(configured: str | None, metrics: dict[str, float]) -> str | None:
+    """The eval metric that picks best/: train.best_metric (bare or as metrics/NAME), else eval/loss if any."""
+    if configured is None:
+        return "eval/loss" if "eval/loss" in metrics else None
+    for candidate in (configured, f"metrics/{configured}"):
+        if candidate in metrics:
+            return candidate
+    raise ConfigError("train.best_metric", f"{configured!r} is not among the eval metrics: {sorted(metrics)}")
+
+
+@torch.no_grad()
+def check_packing_isolates_rows(accelerator: Accelerator, model: torch.nn.Module, train_data: Dataset, *,
+                                seq_length: int, pad_id: int) -> None:
+    """Packing relies on the model reading row boundaries from position_ids; verify it once on a few rows."""
+    rows = list(range(min(8, len(train_data))))
+    columns = train_data[rows]
+    padded = collate(columns["input_ids"], columns["labels"], pad_id)
+    packed = pack(columns["input_ids"], columns["labels"], seq_length, pad_id)
+    if packed["input_ids"].shape[0] == len(rows):
+        return  # nothing shares a block, so there is nothing to check
+    was_training = model.training
+    model.eval()
+    a, _ = token_loss_sum(model, padded, accelerator.device)
+    b, _ = token_loss_sum(model, packed, accelerator.device)
+    model.train(was_training)
+    if not torch.isclose(a.float(), b.float(), rtol=1e-3, atol=1e-3):
+        model_type = getattr(getattr(accelerator.unwrap_model(model), "config", None), "model_type", "?")
+        raise ConfigError("train.packing", f"this model ({model_type}) lets packed rows attend to each other "
+                          f"(loss {float(b):.4f} packed vs {float(a):.4f} padded); set train.packing=false")

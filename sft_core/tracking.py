@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from sft_core.config import SFTConfig
 from sft_core.errors import ConfigError
+from sft_core.layout import EVAL_SAMPLES_FILE, METRICS_FILE, PARAMS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -38,17 +39,17 @@ class JsonlTracker:
     def __init__(self, logging_dir: str | Path):
         self.dir = Path(logging_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.metrics_path = self.dir / "metrics.jsonl"
+        self.metrics_path = self.dir / METRICS_FILE
 
     def log_params(self, params: dict[str, Any]) -> None:
-        (self.dir / "params.json").write_text(json.dumps(redact_params(params), indent=1, default=str))
+        (self.dir / PARAMS_FILE).write_text(json.dumps(redact_params(params), indent=1, default=str))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps({"step": step, "time": round(time.time(), 3), **metrics}) + "\n")
 
     def log_samples(self, rows: list[dict[str, Any]], step: int) -> None:
-        with (self.dir / "eval_samples.jsonl").open("a") as f:
+        with (self.dir / EVAL_SAMPLES_FILE).open("a") as f:
             for row in rows:
                 f.write(json.dumps({"step": step, **row}, default=str) + "\n")
 
@@ -208,7 +209,8 @@ def ensure_experiment(name: str, tracking_uri: str) -> str:
             location = (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
         try:
             return client.create_experiment(name, artifact_location=location)
-        except Exception:  # noqa: BLE001 - created meanwhile by a concurrent run (a server has no file lock)
+        except Exception:  # noqa: BLE001 - created meanwhile by a concurrent run (a server has no file lock;
+            # the race: https://github.com/mlflow/mlflow/issues/4123)
             found = client.get_experiment_by_name(name)
             if found is None:
                 raise
@@ -218,7 +220,10 @@ def ensure_experiment(name: str, tracking_uri: str) -> str:
 @contextlib.contextmanager
 def _sqlite_store_lock(tracking_uri: str) -> Iterator[None]:
     """Runs that start at once on a new sqlite store would each run its schema migrations and
-    collide; a file lock beside the database lets the first create it and the others find it."""
+    collide; a file lock beside the database lets the first create it and the others find it.
+
+    MLflow takes no such lock: the same race is https://github.com/daizutabi/hydraflow/issues/245
+    (with the traceback); an upstream fix, https://github.com/mlflow/mlflow/pull/24321, was closed unmerged."""
     if not tracking_uri.startswith("sqlite:///"):
         yield
         return
@@ -240,12 +245,15 @@ def resolve_tracking_uri(configured: str | None) -> str:
     if not uri:
         uri = f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"  # MLflow needs absolute sqlite paths
+        # sqlite:///x.db is relative to each process's working folder (a launched child runs in the
+        # run folder): https://docs.sqlalchemy.org/en/20/dialects/sqlite.html#connect-strings
+        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
     return uri
 
 
 def probe_tracking_server(uri: str, timeout_s: float = 3.0) -> None:
-    """Fail in seconds when an http(s) tracking server is down; MLflow itself retries for minutes."""
+    """Fail in seconds when an http(s) tracking server is down; MLflow itself retries for minutes
+    (120 s timeout, 5 retries with backoff: https://github.com/mlflow/mlflow/issues/5744)."""
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https"):
         return
@@ -277,7 +285,10 @@ def redact_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def mlflow_metric_name(name: str) -> str:
-    """MLflow allows letters, digits, _ - . / and space; sweep suffixes like '@temperature=0.7' are not."""
+    """MLflow allows letters, digits, _ - . / and space; sweep suffixes like '@temperature=0.7' are not.
+
+    The rule is MLflow's metric-name check (upstream source, no issue: _validate_metric_name in
+    https://github.com/mlflow/mlflow/blob/master/mlflow/utils/validation.py)."""
     return re.sub(r"[^\w\-./ ]", "_", name)
 
 
@@ -288,7 +299,9 @@ def log_input_dataset(tracking_uri: str, run_id: str, dataset: Any, *, source: s
     import mlflow.data
     from mlflow.entities import DatasetInput, InputTag
 
-    with warnings.catch_warnings():  # "integer columns cannot hold missing values": token ids never are
+    # "Integer columns in Python cannot represent missing values": token ids never are missing. Why MLflow warns:
+    # https://www.mlflow.org/docs/latest/models.html#handling-integers-with-missing-values
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
         entity = mlflow.data.from_huggingface(dataset, path=source, name=name)._to_mlflow_entity()
     tag = InputTag(key="mlflow.data.context", value=context)

@@ -9,69 +9,70 @@ evaluate, checkpoint. Data order is a pure function of
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
-import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from accelerate import Accelerator
 from datasets import Dataset
-from tqdm.auto import tqdm
+from pydantic import BaseModel, ConfigDict
 
-from sft_core.checkpoint import list_checkpoints, load_checkpoint, resolve_resume, rotate_checkpoints, save_checkpoint
+from sft_core.checkpoint import (TrainerState, checkpoint_path, list_checkpoints, load_checkpoint, resolve_resume,
+                                 rotate_checkpoints, save_checkpoint, topmost_missing)
 from sft_core.config import SFTConfig
-from sft_core.data.batching import BatchPosition, EpochBatchSampler, collate, micro_batches, pack
+from sft_core.data.batching import BatchPosition, EpochBatchSampler, micro_batches
+from sft_core.deepspeed_glue import setup_deepspeed
 from sft_core.errors import ConfigError, TrainingError
-from sft_core.evaluation import EvalPrompts, EvalResult, Evaluator
+from sft_core.evaluation import EvalPrompts, EvalResult, Evaluator, check_packing_isolates_rows, resolve_best_metric
 from sft_core.export import export_model
+from sft_core.layout import BEST_DIR, LOSS_CURVE_FILE, METRICS_FILE, SUMMARY_FILE
 from sft_core.losses import token_loss_sum
 from sft_core.metrics import MetricFn
 from sft_core.modeling import resolve_tokens_per_pass
 from sft_core.optim import build_optimizer, build_scheduler
 from sft_core.plots import plot_training_curves
+from sft_core.progress import StepLog, show
 from sft_core.tracking import build_trackers, read_history
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"  # written to train.logging_dir at the end of learn()
+# SUMMARY_FILE is re-exported for callers that imported it from here (it lives in sft_core.layout).
+__all__ = ["SUMMARY_FILE", "AccelerateSFTTrainer", "Callback", "TrainSummary", "TrainerState"]
+
 Callback = Callable[[str, dict[str, Any]], None]  # (event, payload): "log", "eval", "checkpoint", "end"
 
 
-@dataclass
-class TrainerState:
-    """Everything besides weights/optimizer/RNG that a resumed run needs. Saved as JSON."""
+class TrainSummary(BaseModel):
+    """What a finished run reports; ``learn()`` writes it to train.logging_dir as SUMMARY_FILE."""
 
-    step: int = 0  # optimizer steps done
-    epoch: int = 0  # position of the next batch ...
-    batch_in_epoch: int = 0  # ... in the seeded order
-    target_tokens_seen: int = 0
-    skipped_steps: int = 0  # non-finite losses skipped (train.on_nonfinite_loss="skip")
-    best_metric: str | None = None
-    best_value: float | None = None
-    best_step: int | None = None
-    global_batch_size: int = 0
-    scheduler: dict[str, Any] = field(default_factory=dict)
+    model_config = ConfigDict(ser_json_inf_nan="constants")  # a NaN metric is written as NaN (as json.dumps did)
 
-
-@dataclass
-class TrainSummary:
-    steps: int
+    steps: int  # optimizer steps done in total (a resumed run counts the original's too)
     target_tokens_seen: int
-    train_seconds: float
+    train_seconds: float  # this process's training time (not the original's, after a resume)
     target_tokens_per_s: float
-    final_metrics: dict[str, float]
+    final_metrics: dict[str, float]  # the last evaluation
     last_checkpoint: str | None
     best_checkpoint: str | None
     best_metric: str | None
     best_value: float | None
-    skipped_steps: int
+    skipped_steps: int  # non-finite losses skipped
     mlflow_run_id: str | None
+    model_dir: str | None = None  # the exported model folder, filled in by whoever exports
+
+    def write(self, logging_dir: str | Path) -> Path:
+        path = Path(logging_dir) / SUMMARY_FILE
+        path.write_text(self.model_dump_json(indent=1))
+        return path
+
+    @classmethod
+    def read(cls, logging_dir: str | Path) -> TrainSummary:
+        return cls.model_validate_json((Path(logging_dir) / SUMMARY_FILE).read_text())
 
 
 class AccelerateSFTTrainer:
@@ -98,24 +99,26 @@ class AccelerateSFTTrainer:
         self.sampler = EpochBatchSampler(len(train_data), train.batch_size, seed=train.seed, lengths=lengths,
                                          rank=accelerator.process_index, world_size=accelerator.num_processes)
         self.total_steps = self._total_steps()
-        _fill_deepspeed_batch_config(accelerator, config)
+        deepspeed = setup_deepspeed(accelerator, train)
         self.tokens_per_pass = resolve_tokens_per_pass(train.tokens_per_pass, model,
                                                        on_cpu=accelerator.device.type == "cpu",
-                                                       deepspeed=_is_deepspeed(accelerator))
+                                                       deepspeed=deepspeed.enabled)
         # DeepSpeed steps the optimizer on its own flat partitions: leave it the plain implementation.
-        optimizer = build_optimizer(model.parameters(), config.optimizer, fused=not _is_deepspeed(accelerator))
+        optimizer = build_optimizer(model.parameters(), config.optimizer, fused=not deepspeed.enabled)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        # Not passed to prepare(): Accelerate would step it once per process per step.
+        # Not passed to prepare(): Accelerate would step it once per process per step
+        # (https://github.com/huggingface/accelerate/issues/2142; the HF Trainer stopped preparing
+        # its scheduler for the same reason: https://github.com/huggingface/transformers/pull/24088).
         self.scheduler = build_scheduler(self.optimizer, config.scheduler, self.total_steps)
         self.evaluator = Evaluator(
             accelerator, tokenizer, config.method, eval_data=eval_data, prompts=eval_prompts, metric_fns=metric_fns,
             batch_size=config.method.eval_batch_size, pad_id=tokenizer.pad_token_id,
-            log_samples=config.tracking.log_samples, synced_gpus=_is_zero3(accelerator),
+            log_samples=config.tracking.log_samples, synced_gpus=deepspeed.zero3,
         )
         self.state = TrainerState(global_batch_size=self.sampler.global_batch_size * train.gradient_accumulation_steps)
         self.checkpoint_dir = Path(train.checkpoint_dir)
         # Folders this run creates; removed again if it fails before its first checkpoint (nothing to resume).
-        self._new_dirs = {_topmost_missing(Path(d)) for d in (train.checkpoint_dir, train.logging_dir)} - {None}
+        self._new_dirs = {topmost_missing(Path(d)) for d in (train.checkpoint_dir, train.logging_dir)} - {None}
         self.trackers = build_trackers(config, accelerator.is_main_process)
         self.summary: TrainSummary | None = None
         self.last_eval: EvalResult | None = None
@@ -140,14 +143,13 @@ class AccelerateSFTTrainer:
         self._maybe_resume()
         self.trackers.log_params(self.config.flat())
         batches = self.sampler.iter_from(BatchPosition(self.state.epoch, self.state.batch_in_epoch))
-        if self.config.train.packing:
-            self._check_packing_isolates_rows()
+        if train.packing:
+            check_packing_isolates_rows(self.accelerator, self.model, self.train_data, seq_length=train.seq_length,
+                                        pad_id=self.tokenizer.pad_token_id)
         if self.state.step == 0:
             self.evaluate()
-        progress = tqdm(total=self.total_steps, initial=self.state.step, desc="train", dynamic_ncols=True,
-                        disable=not self.accelerator.is_local_main_process)
-        window = _Window()
-        t_start = time.perf_counter()
+        log = StepLog(total_steps=self.total_steps, initial_step=self.state.step, log_interval=train.log_interval,
+                      show_bar=self.accelerator.is_local_main_process)
         steps_at_start = self.state.step
         self.model.train()
         while self.state.step < self.total_steps:
@@ -180,34 +182,29 @@ class AccelerateSFTTrainer:
             self.state.step += 1
             self.state.epoch, self.state.batch_in_epoch = self._next_position(position)
             self.state.target_tokens_seen += int(n_targets)
-            window.add(loss, int(n_targets), sum(b["n_tokens"] for b in every_pass) * self.accelerator.num_processes)
-            progress.update(1)
-            if self.state.step % train.log_interval == 0 or self.state.step == self.total_steps:
-                metrics = window.flush(lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm,
-                                       epoch=position.epoch + position.batch_in_epoch / self.sampler.batches_per_epoch)
-                progress.set_postfix(loss=f"{metrics['train/loss']:.4f}",
-                                     tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+            n_tokens = sum(b["n_tokens"] for b in every_pass) * self.accelerator.num_processes
+            epoch = position.epoch + position.batch_in_epoch / self.sampler.batches_per_epoch
+            metrics = log.step(self.state.step, loss, int(n_targets), n_tokens, lr=self.scheduler.get_last_lr()[0],
+                               grad_norm=grad_norm, epoch=epoch)
+            if metrics is not None:
                 self._track(metrics)
             if self.state.step % train.eval_interval == 0 or self.state.step == self.total_steps:
                 self.evaluate()
             if self.state.step % train.checkpoint_interval == 0 or self.state.step == self.total_steps:
                 self.save()
-        progress.close()
-        seconds = time.perf_counter() - t_start
-        self.summary = self._summarize(seconds, self.state.step - steps_at_start)
-        self._write_summary_and_plot()
-        self.trackers.finish()
-        self._emit("end", asdict(self.summary))
-        return self.summary
+        return self._finish(seconds=log.close(), steps_run=self.state.step - steps_at_start)
 
-    def _write_summary_and_plot(self) -> None:
-        if not self.accelerator.is_main_process:
-            return
-        logging_dir = Path(self.config.train.logging_dir)
-        (logging_dir / SUMMARY_FILE).write_text(json.dumps(asdict(self.summary), indent=1))
-        plot = plot_training_curves(read_history(logging_dir / "metrics.jsonl"), logging_dir / "loss_curve.png")
-        if plot is not None:
-            self.trackers.log_artifact(plot)
+    def _finish(self, seconds: float, steps_run: int) -> TrainSummary:
+        self.summary = self._summarize(seconds, steps_run)
+        if self.accelerator.is_main_process:
+            logging_dir = Path(self.config.train.logging_dir)
+            self.summary.write(logging_dir)
+            plot = plot_training_curves(read_history(logging_dir / METRICS_FILE), logging_dir / LOSS_CURVE_FILE)
+            if plot is not None:
+                self.trackers.log_artifact(plot)
+        self.trackers.finish()
+        self._emit("end", self.summary.model_dump())
+        return self.summary
 
     # -- evaluation, checkpoints, export -----------------------------------------------------
     def evaluate(self) -> EvalResult:
@@ -219,7 +216,7 @@ class AccelerateSFTTrainer:
             self.trackers.log_samples(result.samples, self.state.step)
             shown = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
             if self.accelerator.is_main_process:
-                tqdm.write(f"[eval step {self.state.step}] {shown}")
+                show(f"[eval step {self.state.step}] {shown}")
             self._emit("eval", {"step": self.state.step, "metrics": result.metrics, "samples": result.samples})
             self._update_best(result)
         return result
@@ -235,7 +232,7 @@ class AccelerateSFTTrainer:
             raise TrainingError(f"non-finite weights after step {self.state.step} (the update diverged); not saved. "
                                 f"{self._last_good_checkpoint()} Lower optimizer.kwargs.lr or set train.max_grad_norm")
         self.state.scheduler = self.scheduler.state_dict()
-        path = Path(directory) if directory else self.checkpoint_dir / f"step-{self.state.step}"
+        path = Path(directory) if directory else checkpoint_path(self.checkpoint_dir, self.state.step)
         path = save_checkpoint(self.accelerator, path, asdict(self.state), self.config.to_yaml())
         if self.accelerator.is_main_process and directory is None:
             rotate_checkpoints(self.checkpoint_dir, self.config.train.save_total_limit)
@@ -287,25 +284,6 @@ class AccelerateSFTTrainer:
             batches.append(batch)
         return batches
 
-    @torch.no_grad()
-    def _check_packing_isolates_rows(self) -> None:
-        """Packing relies on the model reading row boundaries from position_ids; verify it once."""
-        rows = list(range(min(8, len(self.train_data))))
-        columns = self.train_data[rows]
-        padded = collate(columns["input_ids"], columns["labels"], self.tokenizer.pad_token_id)
-        packed = pack(columns["input_ids"], columns["labels"], self.config.train.seq_length, self.tokenizer.pad_token_id)
-        if packed["input_ids"].shape[0] == len(rows):
-            return  # nothing shares a block, so there is nothing to check
-        was_training = self.model.training
-        self.model.eval()
-        a, _ = token_loss_sum(self.model, padded, self.accelerator.device)
-        b, _ = token_loss_sum(self.model, packed, self.accelerator.device)
-        self.model.train(was_training)
-        if not torch.isclose(a.float(), b.float(), rtol=1e-3, atol=1e-3):
-            model_type = getattr(getattr(self.accelerator.unwrap_model(self.model), "config", None), "model_type", "?")
-            raise ConfigError("train.packing", f"this model ({model_type}) lets packed rows attend to each other "
-                              f"(loss {float(b):.4f} packed vs {float(a):.4f} padded); set train.packing=false")
-
     def _next_position(self, last: BatchPosition) -> tuple[int, int]:
         if last.batch_in_epoch + 1 < self.sampler.batches_per_epoch:
             return last.epoch, last.batch_in_epoch + 1
@@ -347,7 +325,7 @@ class AccelerateSFTTrainer:
 
     def _update_best(self, result: EvalResult) -> None:
         train = self.config.train
-        name = _resolve_best_metric(train.best_metric, result.metrics)
+        name = resolve_best_metric(train.best_metric, result.metrics)
         if not train.save_best or name is None:
             return
         mode = train.best_mode or ("min" if "loss" in name else "max")
@@ -355,7 +333,7 @@ class AccelerateSFTTrainer:
         best = self.state.best_value
         if best is None or (value > best if mode == "max" else value < best):
             self.state.best_metric, self.state.best_value, self.state.best_step = name, value, self.state.step
-            self.save_pretrained(self.checkpoint_dir / "best")
+            self.save_pretrained(self.checkpoint_dir / BEST_DIR)
 
     def _track(self, metrics: dict[str, float]) -> None:
         self.trackers.log_metrics(metrics, self.state.step)
@@ -369,7 +347,7 @@ class AccelerateSFTTrainer:
 
     def _summarize(self, seconds: float, steps_run: int) -> TrainSummary:
         checkpoints = list_checkpoints(self.checkpoint_dir)
-        best = self.checkpoint_dir / "best"
+        best = self.checkpoint_dir / BEST_DIR
         tokens_run = self.state.target_tokens_seen * steps_run / max(self.state.step, 1)
         return TrainSummary(
             steps=self.state.step, target_tokens_seen=self.state.target_tokens_seen, train_seconds=seconds,
@@ -380,81 +358,3 @@ class AccelerateSFTTrainer:
             best_value=self.state.best_value, skipped_steps=self.state.skipped_steps,
             mlflow_run_id=self.trackers.mlflow_run_id,
         )
-
-
-class _Window:
-    """Accumulates per-step numbers between log lines; logs token-weighted loss and throughput."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss_x_targets = 0.0
-        self.targets = 0
-        self.tokens = 0
-        self.t0 = time.perf_counter()
-
-    def add(self, loss: float, n_targets: int, n_tokens: int) -> None:
-        self.loss_x_targets += loss * n_targets
-        self.targets += n_targets
-        self.tokens += n_tokens
-
-    def flush(self, *, lr: float, grad_norm: float | None, epoch: float) -> dict[str, float]:
-        seconds = max(time.perf_counter() - self.t0, 1e-9)
-        metrics = {
-            "train/loss": self.loss_x_targets / max(self.targets, 1),
-            "train/lr": lr,
-            "train/tokens_per_s": self.tokens / seconds,
-            "train/target_tokens_per_s": self.targets / seconds,
-            "train/epoch": epoch,
-        }
-        if grad_norm is not None:
-            metrics["train/grad_norm"] = grad_norm
-        self.reset()
-        return metrics
-
-
-def _resolve_best_metric(configured: str | None, metrics: dict[str, float]) -> str | None:
-    if configured is None:
-        return "eval/loss" if "eval/loss" in metrics else None
-    for candidate in (configured, f"metrics/{configured}"):
-        if candidate in metrics:
-            return candidate
-    raise ConfigError("train.best_metric", f"{configured!r} is not among the eval metrics: {sorted(metrics)}")
-
-
-def _topmost_missing(path: Path) -> Path | None:
-    """The outermost folder of ``path`` that does not exist yet (what creating it would add)."""
-    path = path.resolve()
-    if path.exists():
-        return None
-    while not path.parent.exists():
-        path = path.parent
-    return path
-
-
-def _deepspeed_plugin(accelerator: Accelerator) -> Any | None:
-    return getattr(accelerator.state, "deepspeed_plugin", None)
-
-
-def _is_deepspeed(accelerator: Accelerator) -> bool:
-    return _deepspeed_plugin(accelerator) is not None
-
-
-def _is_zero3(accelerator: Accelerator) -> bool:
-    plugin = _deepspeed_plugin(accelerator)
-    return plugin is not None and plugin.zero_stage == 3
-
-
-def _fill_deepspeed_batch_config(accelerator: Accelerator, config: SFTConfig) -> None:
-    """We batch data ourselves (no prepared DataLoader), so DeepSpeed cannot infer batch sizes."""
-    plugin = _deepspeed_plugin(accelerator)
-    if plugin is None:
-        return
-    ds = plugin.deepspeed_config
-    ds["train_micro_batch_size_per_gpu"] = config.train.batch_size
-    ds["gradient_accumulation_steps"] = config.train.gradient_accumulation_steps
-    ds["train_batch_size"] = (config.train.batch_size * config.train.gradient_accumulation_steps
-                              * accelerator.num_processes)
-    if config.train.max_grad_norm is not None:
-        ds["gradient_clipping"] = config.train.max_grad_norm
