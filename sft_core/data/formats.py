@@ -6,6 +6,8 @@ Four sample shapes are accepted (as in trlX, plus chat):
   ["p1", "c1", "p2", "c2", ...]        -> loss on every model turn, EOS after the last
   {"messages": [{"role":..., "content":...}, ...]}  (or the bare list)
                                        -> rendered with the chat template, loss on assistant turns
+  {"conversations": [{"from":..., "value":...}, ...]}  (ShareGPT: human/gpt/system/tool)
+                                       -> the same, after mapping to OpenAI roles
 Chat masking renders growing prefixes of the conversation and takes the text each assistant
 turn adds, so it needs no ``{% generation %}`` markers in the template.
 """
@@ -30,10 +32,31 @@ class Segments:
         return {"texts": self.texts, "trainable": self.trainable, "templated": self.templated}
 
 
+# ShareGPT's speaker names -> OpenAI roles ("user"/"assistant" appear in some ShareGPT exports too).
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "tool": "tool",
+                  "user": "user", "assistant": "assistant"}
+
+
+def sharegpt_to_messages(turns: Any, where: str = "sample") -> list[dict[str, Any]]:
+    """ShareGPT ``conversations`` ([{"from": "human", "value": ...}, ...]) as OpenAI messages."""
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"{where}: 'conversations' must be a non-empty list of {{'from', 'value'}} turns")
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise DataError(f"{where}: conversations[{i}]: each turn needs 'from' and 'value'")
+        role = SHAREGPT_ROLES.get(turn["from"])
+        if role is None:
+            raise DataError(f"{where}: conversations[{i}].from: unknown role {turn['from']!r}; ShareGPT roles are "
+                            "human, gpt, system and tool")
+        messages.append({"role": role, "content": turn["value"]})
+    return messages
+
+
 def detect_format(sample: Any, where: str = "sample") -> SampleFormat:
     if isinstance(sample, str):
         return "text"
-    if isinstance(sample, dict) and "messages" in sample:
+    if isinstance(sample, dict) and ("messages" in sample or "conversations" in sample):
         return "chat"
     if isinstance(sample, (list, tuple)) and sample and all(isinstance(m, dict) for m in sample):
         return "chat"
@@ -51,6 +74,8 @@ def to_segments(sample: Any, tokenizer: Any = None, *, where: str = "sample") ->
             raise DataError(f"{where}: empty text")
         return Segments([sample], [True])
     if fmt == "chat":
+        if isinstance(sample, dict) and "messages" not in sample:
+            return chat_segments(sharegpt_to_messages(sample["conversations"], where), tokenizer, where=where)
         messages = sample["messages"] if isinstance(sample, dict) else sample
         return chat_segments(messages, tokenizer, where=where)
     turns = list(sample)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sft_core.config import EMBEDDED_DATA, DataConfig
+from sft_core.data.formats import sharegpt_to_messages
 from sft_core.errors import DataError
 
 ALPACA_PROMPT = (
@@ -32,6 +33,7 @@ ALPACA_PROMPT_WITH_INPUT = (
     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 )
 FILE_TYPES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+SHAREGPT_COLUMN = "conversations"  # ShareGPT rows: [{"from": "human"|"gpt"|"system"|"tool", "value": ...}]
 
 
 @dataclass
@@ -65,8 +67,18 @@ def load_data(cfg: DataConfig, *, seed: int) -> LoadedData:
     held_out = [row_to_sample(r, cfg) for r in eval_rows]
     return LoadedData(
         train=train, train_origins=[r.where for r in rows], eval=held_out or None,
-        eval_prompts=_prompts_with_references(held_out, cfg.max_eval_prompts), source=cfg.path,
+        eval_prompts=_prompts_with_references(held_out, cfg.max_eval_prompts, _row_metadata(eval_rows, cfg)),
+        source=cfg.path,
     )
+
+
+def _row_metadata(rows: list[Row], cfg: DataConfig) -> list[dict[str, Any]]:
+    """Scalar columns besides the trained ones that every row has (e.g. "key_phrase"): metric metadata."""
+    used = {cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.messages_column, SHAREGPT_COLUMN,
+            "reference", "prompt"}
+    common = set.intersection(*(set(r.values) for r in rows)) - used if rows else set()
+    keep = sorted(k for k in common if all(isinstance(r.values[k], (str, int, float, bool)) for r in rows))
+    return [{k: r.values[k] for k in keep} for r in rows]
 
 
 def _embedded_demo(cfg: DataConfig) -> LoadedData:
@@ -212,6 +224,8 @@ def row_to_sample(row: Row, cfg: DataConfig) -> Any:
     if fmt == "text":
         return _column(row, cfg.text_column, str)
     if fmt in ("chat", "dialogue"):
+        if cfg.messages_column not in values and SHAREGPT_COLUMN in values:
+            return sharegpt_to_messages(values[SHAREGPT_COLUMN], where=row.where)
         return _column(row, cfg.messages_column, list)
     completion = _column(row, "output" if cfg.template == "alpaca" else cfg.completion_column, str)
     if cfg.template == "alpaca":
@@ -228,7 +242,7 @@ def _detect_row_format(row: Row, cfg: DataConfig) -> str:
     keys = row.values.keys()
     if cfg.template is not None:
         return "pairs"
-    if cfg.messages_column in keys:
+    if cfg.messages_column in keys or SHAREGPT_COLUMN in keys:
         return "chat"
     if cfg.prompt_column in keys and cfg.completion_column in keys:
         return "pairs"
@@ -309,15 +323,17 @@ def _split(rows: list[Row], fraction: float, seed: int) -> tuple[list[Row], list
     return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
 
 
-def _prompts_with_references(samples: list[Any], limit: int) -> list[dict[str, Any]] | None:
+def _prompts_with_references(samples: list[Any], limit: int,
+                             metadata: list[dict[str, Any]] | None = None) -> list[dict[str, Any]] | None:
     prompts = []
-    for sample in samples:
+    for i, sample in enumerate(samples):
+        extra = metadata[i] if metadata else {}
         if isinstance(sample, list) and len(sample) == 2 and all(isinstance(s, str) for s in sample):
-            prompts.append({"prompt": sample[0], "reference": sample[1]})
+            prompts.append({"prompt": sample[0], "reference": sample[1], **extra})
         elif isinstance(sample, (list, dict)):
             messages = sample["messages"] if isinstance(sample, dict) else sample
             if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
-                prompts.append({"prompt": messages[:-1], "reference": messages[-1]["content"]})
+                prompts.append({"prompt": messages[:-1], "reference": messages[-1]["content"], **extra})
     return prompts[:limit] or None
 
 
