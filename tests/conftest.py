@@ -104,15 +104,82 @@ def small_run(tmp_path, **changes):
     return PipelineConfig(**{**base, **changes})
 
 
-def task_runs(flow_run_id):
-    """The flow run's task runs, in the order they started."""
+def prefect_home_env(home: Path, **extra: str) -> dict[str, str]:
+    """python_env() for a child whose Prefect settings come from ``home`` (its profiles.toml), its cwd's
+    prefect.toml and ``extra`` only: none of this session's PREFECT_API_URL or profile."""
+    env = python_env(PREFECT_HOME=str(home))
+    for name in ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
+        env.pop(name, None)
+    return {**env, **extra}
+
+
+# -- what a flow run left on the Prefect server ----------------------------------------------------------
+def settled(read, ready, timeout_s: float = 30.0):
+    """``asyncio.run(read(client))`` once ``ready(value)`` holds, or the last value at the deadline (the
+    caller's asserts then say what is missing).
+
+    A flow run's records reach the server after the flow returns: this process's Prefect workers send
+    logs and events (task-run states among them) in batches in the background, and the server records
+    task runs from those events on its own schedule. So first send what this process still holds
+    (APILogHandler.flush is Prefect's documented flush; its test harness drains events the same way),
+    then poll."""
     import asyncio
 
     from prefect.client.orchestration import get_client
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    EventsWorker.drain_all(timeout=timeout_s)
+
+    async def read_once():
+        async with get_client() as client:
+            return await read(client)
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = asyncio.run(read_once())
+        if ready(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
+
+
+def flow_run_logs(flow_run_id, ready=lambda logs: True) -> list:
+    """All the flow run's logs (every page), oldest first."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def read(client):
+        logs, page = [], 200
+        while batch := await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                              limit=page, offset=len(logs)):
+            logs += batch
+            if len(batch) < page:
+                break
+        return logs
+    return settled(read, ready)
+
+
+def flow_run_artifacts(flow_run_id, ready=lambda artifacts: True) -> list:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def read(client):
+        return await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return settled(read, ready)
+
+
+def task_runs(flow_run_id):
+    """The flow run's task runs, in the order they started, once all are in a final state and two reads agree."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    async def read():
-        async with get_client() as client:
-            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            return sorted(runs, key=lambda r: r.expected_start_time)
-    return asyncio.run(read())
+    async def read(client):
+        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        return sorted(runs, key=lambda r: r.expected_start_time)
+
+    seen = []
+
+    def ready(runs) -> bool:
+        states = [(r.id, r.state_type) for r in runs]
+        stable, seen[:] = states == seen, states
+        return bool(runs) and stable and all(r.state is not None and r.state.is_final() for r in runs)
+    return settled(read, ready)

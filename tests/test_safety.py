@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from pathlib import Path
@@ -11,7 +10,7 @@ import mlflow
 import pytest
 import torch
 
-from conftest import small_run, tiny_config
+from conftest import flow_run_artifacts, flow_run_logs, small_run, tiny_config
 from sft_core import ConfigError, train
 
 
@@ -69,9 +68,6 @@ def test_credentials_in_a_tracking_uri_are_masked_in_mlflow_params(tmp_path):
 
 def test_credentials_never_reach_params_artifacts_logs_or_the_result(prefect_server, tmp_path, monkeypatch):
     """A tracking URI with credentials (here of a server that is down) given as the flow's parameter."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
-
     from flows.sft import sft_pipeline
 
     monkeypatch.chdir(tmp_path)
@@ -85,16 +81,10 @@ def test_credentials_never_reach_params_artifacts_logs_or_the_result(prefect_ser
     assert "http://***@127.0.0.1:9" in params and SECRET not in params
 
     flow_run_id = state.state_details.flow_run_id
-
-    async def prefect_records():
-        async with get_client() as prefect:
-            artifacts = await prefect.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-            logs = await prefect.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-            return artifacts, logs
-
-    artifacts, logs = asyncio.run(prefect_records())
+    artifacts = flow_run_artifacts(flow_run_id)
     assert {a.key for a in artifacts} >= {"run-summary", "eval-samples", "training-progress"}
     assert not [a.key for a in artifacts if SECRET in json.dumps(a.model_dump(mode="json"))]
-    assert [log.message for log in logs if "http://***@127.0.0.1:9" in log.message]  # the warning names the server
+    masked = "http://***@127.0.0.1:9"
+    logs = flow_run_logs(flow_run_id, ready=lambda logs: any(masked in log.message for log in logs))
+    assert [log.message for log in logs if masked in log.message]  # the warning names the server
     assert not [log.message for log in logs if SECRET in log.message]
