@@ -1,112 +1,139 @@
-"""The Prefect API server a local run (`python -m flows.sft`) starts when no PREFECT_API_URL is set.
+"""The Prefect server a local run (`python -m flows.sft`) reports to.
 
-Prefect would start the same temporary server itself at the first flow call, after this process
-has imported torch & co. and Prefect's server modules (2-3 s of imports this process never uses).
-Launched from the first line instead, it boots (4-11 s, its own process) while those imports run,
-and PREFECT_API_URL points Prefect's client at it. It dies with this process.
+A server Prefect's settings name (PREFECT_API_URL in the environment, the active profile or
+prefect.toml) is used as it is. With none, Prefect runs a temporary server of its own: its
+`SubprocessASGIServer`, a child process on a free loopback port, started at the first API call and
+stopped at exit. Here that same server is started from the run's first line, in a thread, so it
+boots while torch & co. import; Prefect's client finds it already running, as it keeps one such
+server per process (`SubprocessASGIServer()` returns the same instance).
 
-Its background services (scheduler, late-run and pause sweeps, automations...) serve deployments
-and workers, which a one-off local run has none of; turned off, they stop taking CPU from training.
-A real server (PREFECT_API_URL set by the user) is used as it is.
+Prefect stops its server at exit, but not when the run is killed (SIGKILL, OOM killer). A watchdog
+process learns the server's pid and terminates it when this process is gone: its stdin is a pipe
+from this process, and the pipe's end of file is that moment, whatever the cause.
 """
 
 from __future__ import annotations
 
 import atexit
-import ctypes
-import importlib.util
 import os
-import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
-import urllib.request
-from pathlib import Path
 
-IDLE_SERVICES = ("SCHEDULER", "LATE_RUNS", "FOREMAN", "PAUSE_EXPIRATIONS", "REPOSSESSOR", "CANCELLATION_CLEANUP",
-                 "TRIGGERS", "CLEANUP_RECONCILER")
-PORT_IN_USE_EXIT_CODE = 3  # uvicorn's exit code when it cannot bind
+# Public settings read by the temporary server. In Prefect 3.9 a temporary ("ephemeral") server runs
+# only the services marked for it: the task-run recorder, event persister and event stream,
+# automations (reactive and proactive triggers, actions), a telemetry heartbeat and event vacuum.
+# The scheduler, late-run, pause-expiration, foreman, repossessor, cancellation and cleanup services
+# never run there (server/services/*: run_in_ephemeral), so switches for those would change nothing.
+LEAN_SERVER_SETTINGS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # its telemetry heartbeat: there is no network to send it to
+    # Automations: a server that lives for one run has none, yet its triggers service reads every event
+    # and re-evaluates proactive triggers every few seconds.
+    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
+    # Block types are registered for flows that use blocks (this one uses none): seconds on a new
+    # PREFECT_HOME (later starts skip it anyway); a real server registers them itself.
+    "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+}
 
+STARTUP_TIMEOUT_S = 120
 
-def use_lean_temporary_server() -> None:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network to send telemetry to
-    if os.environ.get("PREFECT_API_URL"):
-        return
-    for service in IDLE_SERVICES:
-        os.environ.setdefault(f"PREFECT_SERVER_SERVICES_{service}_ENABLED", "false")
-    # Block types are registered for block-using flows (this one uses none); a real server registers them.
-    os.environ.setdefault("PREFECT_API_BLOCKS_REGISTER_ON_START", "false")
+# Runs with this process's pipe as stdin: each line is a server pid to guard, "done" means this
+# process stops the server itself; end of file without "done" means this process is gone.
+WATCHDOG = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the run handles it
+pids = set()
+for line in sys.stdin:
+    if line.strip() == "done":
+        sys.exit()
+    pids.add(int(line))
+for pid in pids:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+"""
 
 
 class TemporaryServer:
-    """Prefect's API (no UI) in a child process on a free local port, stopped at exit."""
+    """Prefect's temporary server, booting in a thread, with a watchdog for when this process is killed."""
 
-    def __init__(self) -> None:
-        self.port = 0
-        self.process: subprocess.Popen | None = None
-        self._launch()
-        atexit.register(self.stop)
+    def __init__(self, startup_timeout_s: int) -> None:
+        self.startup_timeout_s = startup_timeout_s
+        self.server = None  # prefect's SubprocessASGIServer, once its module is imported
+        self._error: BaseException | None = None
+        self._booted = threading.Event()
+        self._watchdog = subprocess.Popen([sys.executable, "-I", "-S", "-c", WATCHDOG], stdin=subprocess.PIPE,
+                                          text=True)
+        atexit.register(self._release_watchdog)
+        threading.Thread(target=self._start, name="prefect-temporary-server", daemon=True).start()
+        threading.Thread(target=self._report_pids, name="prefect-server-watchdog", daemon=True).start()
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api"
+        return self.server.api_url
 
-    def _launch(self) -> None:
-        with socket.socket() as probe:  # a free port (Prefect's own server picks one the same way)
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        site_packages = Path(importlib.util.find_spec("prefect").origin).parent.parent  # no import of prefect
-        # The command and settings Prefect's own temporary server (SubprocessASGIServer) runs with.
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(site_packages), "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "error", "--lifespan", "on"],
-            env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-                 "PREFECT__SERVER_FINAL": "1"},
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
+    @property
+    def pid(self) -> int:
+        return self.server.server_process.pid
 
-    def wait_until_up(self, timeout_s: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            code = self.process.poll()
-            if code == PORT_IN_USE_EXIT_CODE:  # the port was taken meanwhile: another one
-                self._launch()
-            elif code is not None:
-                raise RuntimeError(f"the temporary Prefect server exited with code {code} while starting")
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"the temporary Prefect server did not answer within {timeout_s:.0f} s")
+    def _start(self) -> None:
+        try:
+            from prefect.server.api.server import SubprocessASGIServer  # 2-3 s of imports, off the main thread
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+            self.server = SubprocessASGIServer()  # the instance Prefect's client starts when no API URL is set
+            self.server.start(timeout=self.startup_timeout_s)  # returns once /health answers
+        except BaseException as error:  # noqa: BLE001 - re-raised in wait_until_up, on the main thread
+            self._error = error
+        finally:
+            self._booted.set()
+
+    def _report_pids(self) -> None:
+        """Tell the watchdog each server process Prefect launches (it launches another on a port taken meanwhile)."""
+        reported = None
+        while True:
+            booted = self._booted.is_set()  # read first: a launch before it is seen by the check below
+            process = getattr(self.server, "server_process", None)
+            if process is not None and process.pid != reported:
+                reported = process.pid
+                try:
+                    self._watchdog.stdin.write(f"{reported}\n")
+                    self._watchdog.stdin.flush()
+                except (OSError, ValueError):  # the watchdog is gone, or this process is exiting
+                    return
+            if booted:
+                return
+            time.sleep(0.05)
+
+    def wait_until_up(self) -> None:
+        """Block until the server answers; call before the first flow call."""
+        self._booted.wait()
+        if self._error is not None:
+            raise RuntimeError(f"Prefect's temporary server did not start: {self._error}") from self._error
+
+    def _release_watchdog(self) -> None:
+        """At exit. Once started, the server was stopped by Prefect's own atexit hook (it runs before this
+        one); one still booting (an exit during the imports) is left to the watchdog."""
+        stopped_by_prefect = self._booted.is_set() and getattr(self.server, "server_process", 1) is None
+        try:
+            if stopped_by_prefect:
+                self._watchdog.stdin.write("done\n")
+            self._watchdog.stdin.close()
+        except (OSError, ValueError):
+            pass
+        self._watchdog.wait()
 
 
 def start_temporary_server_early() -> TemporaryServer | None:
-    """Call before importing prefect, then ``.wait_until_up()`` before the first flow call.
-    Returns None where a real server (PREFECT_API_URL) is configured."""
-    use_lean_temporary_server()
-    if os.environ.get("PREFECT_API_URL"):
+    """Call first thing, then ``.wait_until_up()`` before the first flow call. Returns None where
+    Prefect's settings name a server, or ephemeral servers are turned off (Prefect then says what to set)."""
+    from prefect.settings import get_current_settings  # imports prefect (~1 s), which the run needs anyway
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
         return None
-    server = TemporaryServer()
-    os.environ["PREFECT_API_URL"] = server.api_url  # read by Prefect's settings when it is imported
-    os.environ.setdefault("PREFECT_UI_URL", "")  # this server serves no UI, so log no links to one
-    return server
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec (Linux): get SIGTERM when the parent dies, even by SIGKILL."""
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    for name, value in LEAN_SERVER_SETTINGS.items():
+        os.environ.setdefault(name, value)  # the server's process reads them; a user's own values win
+    # Prefect waits 20 s by default; booting beside torch's imports on a busy 2-core machine took up to 50.
+    return TemporaryServer(max(STARTUP_TIMEOUT_S, settings.server.ephemeral.startup_timeout_seconds))

@@ -17,7 +17,8 @@ import psutil
 import pytest
 from safetensors.torch import load_file
 
-from conftest import PYTHON, listeners_beyond_loopback, python_env, small_run, task_runs, tiny_config, wait_for
+from conftest import PYTHON, listeners_beyond_loopback, prefect_home_env, python_env, small_run, task_runs, \
+    tiny_config, wait_for
 from sft_core import TrainingError, train
 from sft_core.checkpoint import list_checkpoints
 from sft_core.cli import main as sft_cli
@@ -108,26 +109,33 @@ import time
 from flows.local_server import start_temporary_server_early
 server = start_temporary_server_early()
 server.wait_until_up()
-print(server.process.pid, server.api_url, flush=True)
+print(server.pid, server.api_url, flush=True)
 time.sleep(600)
 """
 
 
 def test_the_local_runs_prefect_server_is_loopback_only_and_dies_with_its_process(tmp_path):
-    """`python -m flows.sft` starts its own temporary server; even a SIGKILL of the run takes it down."""
-    env = python_env(PREFECT_HOME=str(tmp_path / "prefect-home"))
-    env.pop("PREFECT_API_URL", None)
-    parent = subprocess.Popen([PYTHON, "-c", LOCAL_SERVER_SCRIPT], env=env, stdout=subprocess.PIPE, text=True)
+    """With no server configured, `python -m flows.sft` starts Prefect's temporary server; even a SIGKILL
+    of the run takes it down (and the watchdog that does it)."""
+    parent = subprocess.Popen([PYTHON, "-c", LOCAL_SERVER_SCRIPT], cwd=tmp_path,
+                              env=prefect_home_env(tmp_path / "prefect-home"), stdout=subprocess.PIPE, text=True)
     try:
         pid, api_url = parent.stdout.readline().split()
         server = psutil.Process(int(pid))
         assert api_url.startswith("http://127.0.0.1:") and server.ppid() == parent.pid
         assert not listeners_beyond_loopback(server.pid)
+        helpers = psutil.Process(parent.pid).children(recursive=True)  # the server and its watchdog
+        assert server in helpers and len(helpers) == 2, helpers
     finally:
         parent.kill()
         parent.wait()
-    wait_for(lambda: not server.is_running() or server.status() == psutil.STATUS_ZOMBIE, 15,
-             "the server to exit with its parent")
+
+    def exited(process: psutil.Process) -> bool:
+        try:
+            return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+    wait_for(lambda: all(map(exited, helpers)), 30, "the server and its watchdog to exit with their parent")
 
 
 def test_the_temporary_prefect_server_listens_on_loopback_only(prefect_server):
