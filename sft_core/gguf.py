@@ -75,8 +75,14 @@ def load_gguf_model(folder: Path, name: str, *, dtype: torch.dtype | str = torch
 
 
 def load_gguf_tokenizer(folder: Path, name: str, **kwargs: Any):
-    check_gguf_file(folder / name)
-    return AutoTokenizer.from_pretrained(str(folder), gguf_file=name, **kwargs)
+    path = folder / name
+    arch = check_gguf_file(path)
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), gguf_file=name, **kwargs)
+    except (ValueError, KeyError, OSError) as err:  # unsupported architecture or tokenizer model
+        raise ModelLoadError(f"model.model_path: {path}: transformers cannot read the tokenizer of GGUF "
+                             f"architecture {arch!r} ({err}); set tokenizer.tokenizer_path to a tokenizer folder, "
+                             "or convert the model to a HuggingFace folder elsewhere") from None
 
 
 def import_gguf(file: str | Path, directory: str | Path, *, dtype: str = "float32") -> Path:
