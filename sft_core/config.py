@@ -48,7 +48,8 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    model_path: str = Field(EMBEDDED_MODEL, description="Local HF causal-LM folder, hub name, or 'embedded:tiny-llama'.")
+    model_path: str = Field(EMBEDDED_MODEL, description="Local HF causal-LM folder, hub name, .gguf file, "
+                                                        "or 'embedded:tiny-llama'.")
     num_layers_unfrozen: int = Field(-1, ge=-1, description="Train only the top N blocks (+ head); -1 trains all.")
     model_arch_type: Literal["causal"] = "causal"  # trlX field; SFT here is decoder-only
     trust_remote_code: bool = False  # off unless you trust the model folder's Python code
@@ -201,6 +202,9 @@ class DataConfig(_Section):
     max_rows: int | None = Field(None, ge=1)  # cap on training rows, for quick runs
     num_demo_rows: int = Field(20000, ge=10)  # rows the embedded demo generates
     cache_dir: str | None = None  # tokenized-data cache; None: ~/.cache/sftflow/datasets
+    split: str = "train"  # hub data sets and saved DatasetDict folders: the split to train on
+    subset: str | None = None  # hub data sets: the subset (configuration) name, e.g. "en"
+    num_proc: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"  # tokenizers; auto: usable cores, 1 below 20k rows
 
 
 class TrackingConfig(_Section):

@@ -1,4 +1,6 @@
-"""Load the model and tokenizer named by the config: embedded, a local folder, or a hub name."""
+"""Load the model and tokenizer named by the config, all decided from ``config.model`` here: embedded, a
+local folder, a hub name or a GGUF file; the weights' dtype; a PEFT adapter. The trainer then sees a
+model with some trainable parameters and does not care why."""
 
 from __future__ import annotations
 

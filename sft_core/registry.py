@@ -80,6 +80,6 @@ def log_and_register(
     version = str(info.registered_model_version) if registered_name else None
     if registered_name and alias:
         mlflow.MlflowClient(uri).set_registered_model_alias(registered_name, alias, version)
-    logger.info("Logged model %s%s", info.model_uri,
+    logger.info("Logged %s %s%s", "adapter (with its base)" if adapter else "model", info.model_uri,
                 f"; registered {registered_name} v{version}" + (f" @{alias}" if alias else "") if registered_name else "")
     return RegisteredModel(info.model_uri, registered_name, version, alias if registered_name else None)

@@ -37,23 +37,38 @@ def logits(model, ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids).logits.float()
 
 
-def test_lora_trains_the_adapter_resumes_exactly_and_exports_both_ways(tmp_path, caplog):
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """One 4-step LoRA run on a folder holding the embedded model (so the adapter's base loads by path)."""
+    ws = tmp_path_factory.mktemp("lora")
+    base = save_embedded_model(ws / "base")
+    return train(config=lora_config(ws, base)), ws, base
+
+
+def test_the_log_shows_trainable_and_total_parameters(caplog):
+    from sft_core.config import ModelConfig, TokenizerConfig
+    from sft_core.modeling import load_model, load_tokenizer
+
+    model_cfg = ModelConfig(peft_config=LORA)
+    with caplog.at_level("INFO", logger="sft_core.adapters"):
+        load_model(model_cfg, load_tokenizer(TokenizerConfig(), model_cfg), seed=0)
+    assert "Trainable parameters: 78,848 of 916,352 (8.60%)" in caplog.text
+
+
+def test_lora_trains_the_adapter_resumes_exactly_and_exports_both_ways(lora_run):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM
 
-    base = save_embedded_model(tmp_path / "base")
+    trainer, ws, base = lora_run
     base_weights = load_file(base / "model.safetensors")
-    with caplog.at_level("INFO", logger="sft_core.adapters"):
-        trainer = train(config=lora_config(tmp_path, base))
-    assert "Trainable parameters: 78,848 of 916,352" in caplog.text
 
     # Only the adapter changed, and only the adapter is in the checkpoint (with its optimizer state).
     model = trainer.accelerator.unwrap_model(trainer.model)
     for name, param in model.named_parameters():
         assert param.requires_grad == ("lora_" in name), name
-    saved = load_file(tmp_path / "checkpoints" / "step-2" / "model.safetensors")
+    saved = load_file(ws / "checkpoints" / "step-2" / "model.safetensors")
     assert saved and all("lora_" in k for k in saved), sorted(saved)[:3]
-    optimizer_state = torch.load(tmp_path / "checkpoints" / "step-2" / "optimizer.bin", weights_only=True)
+    optimizer_state = torch.load(ws / "checkpoints" / "step-2" / "optimizer.bin", weights_only=True)
     assert len(optimizer_state["state"]) == len(saved)
     current = model.get_base_model().state_dict()
     for name, tensor in base_weights.items():
@@ -61,18 +76,18 @@ def test_lora_trains_the_adapter_resumes_exactly_and_exports_both_ways(tmp_path,
                            tensor), name
 
     # Resume from step 2 replays steps 3-4 exactly.
-    resumed = lora_config(tmp_path, base, train=dict(resume_from_checkpoint=str(tmp_path / "checkpoints" / "step-2"),
-                                                     logging_dir=str(tmp_path / "logs-resumed")))
+    resumed = lora_config(ws, base, train=dict(resume_from_checkpoint=str(ws / "checkpoints" / "step-2"),
+                                                     logging_dir=str(ws / "logs-resumed")))
     train(config=resumed)
-    first, second = losses(tmp_path / "logs"), losses(tmp_path / "logs-resumed")
+    first, second = losses(ws / "logs"), losses(ws / "logs-resumed")
     assert sorted(second) == [3, 4]
     assert max(abs(first[s] - second[s]) for s in second) < 1e-5
 
     # The adapter export loads with AutoPeftModelForCausalLM; the merged one with AutoModelForCausalLM.
-    adapter_dir = trainer.save_pretrained(tmp_path / "adapter")
+    adapter_dir = trainer.save_pretrained(ws / "adapter")
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= {p.name for p in adapter_dir.iterdir()}
     assert not (adapter_dir / "model.safetensors").exists()
-    merged_dir = export_model(trainer.accelerator, trainer.model, trainer.tokenizer, tmp_path / "merged",
+    merged_dir = export_model(trainer.accelerator, trainer.model, trainer.tokenizer, ws / "merged",
                               merge_adapters=True)
     assert "quantization_config" not in json.loads((merged_dir / "config.json").read_text())
     ids = torch.tensor([list(b"add 3 4\n12")])
@@ -85,15 +100,12 @@ def test_lora_trains_the_adapter_resumes_exactly_and_exports_both_ways(tmp_path,
     assert not torch.allclose(logits(AutoModelForCausalLM.from_pretrained(base), ids), expected, atol=1e-3)
 
 
-def test_adapter_registers_and_loads_by_alias(tmp_path):
+def test_adapter_registers_and_loads_by_alias(lora_run, tmp_path):
     import mlflow
 
     from sft_core.registry import log_and_register
 
-    base = save_embedded_model(tmp_path / "base")
-    trainer = train(config=lora_config(tmp_path, base, train=dict(total_steps=2, checkpoint_interval=2,
-                                                                  eval_interval=2)))
-    adapter_dir = trainer.save_pretrained(tmp_path / "adapter")
+    adapter_dir = lora_run[0].save_pretrained(tmp_path / "adapter")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("lora")
