@@ -37,14 +37,14 @@ def gguf_location(model_cfg: ModelConfig) -> tuple[Path, str] | None:
     return None
 
 
-def check_gguf_file(path: Path) -> str:
+def check_gguf_file(path: Path, field: str = "model.model_path") -> str:
     """The file's architecture (general.architecture); a clear error if it is missing or not GGUF."""
     if not path.is_file():
-        raise ModelLoadError(f"model.model_path: GGUF file {path} does not exist")
+        raise ModelLoadError(f"{field}: GGUF file {path} does not exist")
     with path.open("rb") as f:
         head = f.read(4)
     if head != GGUF_MAGIC:
-        raise ModelLoadError(f"model.model_path: {path} is not a GGUF file (it starts with {head!r}, "
+        raise ModelLoadError(f"{field}: {path} is not a GGUF file (it starts with {head!r}, "
                              f"not {GGUF_MAGIC!r})")
     from gguf import GGUFReader
 
@@ -52,20 +52,20 @@ def check_gguf_file(path: Path) -> str:
         field = GGUFReader(path).fields["general.architecture"]
         return bytes(field.parts[field.data[0]]).decode()
     except Exception as err:  # a truncated or corrupt file fails in many ways inside the reader
-        raise ModelLoadError(f"model.model_path: cannot read GGUF file {path}: {err}") from err
+        raise ModelLoadError(f"{field}: cannot read GGUF file {path}: {err}") from err
 
 
 def load_gguf_model(folder: Path, name: str, *, dtype: torch.dtype | str = torch.float32,
-                    **kwargs: Any) -> PreTrainedModel:
+                    field: str = "model.model_path", **kwargs: Any) -> PreTrainedModel:
     """Dequantized weights in a plain model (no quantization_config), in ``dtype`` ("auto": float32)."""
     path = folder / name
-    arch = check_gguf_file(path)
+    arch = check_gguf_file(path, field)
     try:
         gguf_model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype=torch.float32, **kwargs)
     except ValueError as err:
         if "not supported" not in str(err):
             raise
-        raise ModelLoadError(f"model.model_path: {path}: transformers cannot read GGUF architecture {arch!r} "
+        raise ModelLoadError(f"{field}: {path}: transformers cannot read GGUF architecture {arch!r} "
                              f"({err}); convert the model to a HuggingFace folder elsewhere") from None
     quant = _file_type(path)
     model = _plain_copy(gguf_model, torch.float32 if dtype == "auto" else dtype)
@@ -74,13 +74,13 @@ def load_gguf_model(folder: Path, name: str, *, dtype: torch.dtype | str = torch
     return model
 
 
-def load_gguf_tokenizer(folder: Path, name: str, **kwargs: Any):
+def load_gguf_tokenizer(folder: Path, name: str, field: str = "model.model_path", **kwargs: Any):
     path = folder / name
-    arch = check_gguf_file(path)
+    arch = check_gguf_file(path, field)
     try:
         return AutoTokenizer.from_pretrained(str(folder), gguf_file=name, **kwargs)
     except (ValueError, KeyError, OSError) as err:  # unsupported architecture or tokenizer model
-        raise ModelLoadError(f"model.model_path: {path}: transformers cannot read the tokenizer of GGUF "
+        raise ModelLoadError(f"{field}: {path}: transformers cannot read the tokenizer of GGUF "
                              f"architecture {arch!r} ({err}); set tokenizer.tokenizer_path to a tokenizer folder, "
                              "or convert the model to a HuggingFace folder elsewhere") from None
 
@@ -90,8 +90,9 @@ def import_gguf(file: str | Path, directory: str | Path, *, dtype: str = "float3
     file, directory = Path(file).expanduser(), Path(directory).expanduser()
     if directory.exists() and any(directory.iterdir()):
         raise FileExistsError(f"{directory} exists and is not empty; remove it or choose another folder")
-    model = load_gguf_model(file.parent, file.name, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
-    tokenizer = load_gguf_tokenizer(file.parent, file.name)
+    model = load_gguf_model(file.parent, file.name, dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+                            field="import-gguf FILE")
+    tokenizer = load_gguf_tokenizer(file.parent, file.name, field="import-gguf FILE")
     tmp = directory.with_name(f".tmp-{directory.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
