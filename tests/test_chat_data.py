@@ -16,7 +16,8 @@ from sft_core.modeling import CHATML_TEMPLATE, load_tokenizer
 
 OPENAI = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of Veltrane?"},
                        {"role": "assistant", "content": "Osmuir."}], "key_phrase": "Osmuir"}
-SHAREGPT = {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Capital of Veltrane?"},
+SHAREGPT = {"conversations": [{"from": "system", "value": "Be brief."},
+                              {"from": "human", "value": "Capital of Veltrane?"},
                               {"from": "gpt", "value": "Osmuir."}], "key_phrase": "Osmuir"}
 
 

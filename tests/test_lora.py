@@ -85,7 +85,8 @@ def test_lora_trains_the_adapter_resumes_exactly_and_exports_both_ways(lora_run)
 
     # The adapter export loads with AutoPeftModelForCausalLM; the merged one with AutoModelForCausalLM.
     adapter_dir = trainer.save_pretrained(ws / "adapter")
-    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= {p.name for p in adapter_dir.iterdir()}
+    files = {p.name for p in adapter_dir.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= files
     assert not (adapter_dir / "model.safetensors").exists()
     merged_dir = export_model(trainer.accelerator, trainer.model, trainer.tokenizer, ws / "merged",
                               merge_adapters=True)
@@ -125,7 +126,8 @@ def test_a_peft_config_object_is_stored_in_peft_form():
 
     config = SFTConfig().evolve(model=dict(peft_config=peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"])))
     stored = config.model.peft_config
-    assert stored["peft_type"] == "LORA" and stored["r"] == 4 and sorted(stored["target_modules"]) == ["q_proj", "v_proj"]
+    assert stored["peft_type"] == "LORA" and stored["r"] == 4
+    assert sorted(stored["target_modules"]) == ["q_proj", "v_proj"]
     assert SFTConfig.from_dict(config.to_dict()).model.peft_config == stored  # YAML round trip
 
 
