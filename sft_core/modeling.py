@@ -63,8 +63,12 @@ def load_model(model_cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed:
     if model_cfg.peft_config is not None:
         model = apply_adapter(model, model_cfg.peft_config)
         # Where the adapter's base comes from: AutoPeftModelForCausalLM and the registry reload it from here.
-        model.peft_config["default"].base_model_name_or_path = base_model_reference(model_cfg)
+        base = model.peft_config["default"].base_model_name_or_path = base_model_reference(model_cfg)
         setattr(model, MERGE_ON_EXPORT_ATTR, model_cfg.merge_adapters_on_export)
+        if not model_cfg.merge_adapters_on_export and (base == EMBEDDED_MODEL or base.endswith(".gguf")):
+            logger.warning("The exported adapter's base is %s, which peft.AutoPeftModelForCausalLM cannot load "
+                           "(sft_core's registry can). For a portable export set model.merge_adapters_on_export="
+                           "true, or train from a folder (import-gguf / export-embedded)", base)
     log_parameter_counts(model)
     return model
 
