@@ -116,7 +116,7 @@ def start_run(config: SFTConfig, *, name: str, runs_dir: str | Path = "runs",
 def data_cache_key(config: SFTConfig) -> str:
     """Everything that decides the tokenized data, and nothing else: a new learning rate hits the cache."""
     decides = dict(
-        data=config.data.model_dump(mode="json", exclude={"cache_dir"}),
+        data=config.data.model_dump(mode="json", exclude={"cache_dir", "num_proc"}),
         tokenizer=config.tokenizer.model_dump(mode="json"),
         model_path=config.model.model_path, trust_remote_code=config.model.trust_remote_code,
         seq_length=config.train.seq_length, seed=config.train.seed,  # the seed draws the held-out split
@@ -126,14 +126,15 @@ def data_cache_key(config: SFTConfig) -> str:
     return hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare_data(run: Run) -> PreparedData:
-    """Tokenize the run's data into ``prepared_root/data_key``, unless an earlier run already did."""
+def prepare_data(run: Run, *, on_progress: Callable[[int, int, float], None] | None = None) -> PreparedData:
+    """Tokenize the run's data into ``prepared_root/data_key``, unless an earlier run already did.
+    ``on_progress(rows_done, rows_total, seconds)`` follows the tokenizing (a progress bar shows it too)."""
     from sft_core.modeling import load_tokenizer
 
     if not is_prepared(str(run.prepared_dir)):
         config = run.config
         tokenizer = load_tokenizer(config.tokenizer, config.model)
-        bundle = prepare_from_config(config, tokenizer)
+        bundle = prepare_from_config(config, tokenizer, on_progress=on_progress)
         save_prepared(bundle, run.prepared_dir, tokenizer=tokenizer, seq_length=config.train.seq_length)
     return PreparedData.read(run.prepared_dir)
 

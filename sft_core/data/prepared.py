@@ -2,25 +2,37 @@
 
 A prepared folder is itself a valid ``data.path``: the Prefect flow prepares once, and the
 trainer (in-process, or a torchrun child) reads the folder instead of tokenizing again.
+
+Data named by ``data.path`` (a file, folder or hub name) is prepared as memory-mapped Arrow tables,
+on ``data.num_proc`` processes, into ``data.cache_dir/<key>``: the key hashes the file's bytes and
+the settings that decide the tokens, so a second run reads the folder without opening the data.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import datasets
-from datasets import Dataset, load_from_disk
+from datasets import Dataset, DatasetInfo, load_from_disk
 from pydantic import BaseModel, Field
 
-from sft_core.config import SFTConfig
-from sft_core.data.prepare import PreparedSplit, PrepStats, prepare_samples, tokenizer_fingerprint
-from sft_core.data.sources import load_data
+from sft_core.config import EMBEDDED_DATA, SFTConfig
+from sft_core.data.prepare import (
+    PREP_VERSION, PreparedSplit, PrepStats, ProgressFn, RowProgress, default_cache_dir, prepare_rows, prepare_samples,
+    require_rows, tokenizer_fingerprint,
+)
+from sft_core.data.sources import fingerprint_source, load_data
 from sft_core.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 MARKER = "sftflow_prepared.json"
 
@@ -37,20 +49,36 @@ class PreparedBundle:
         return self.train.stats.fingerprint + (f"+{self.eval.stats.fingerprint}" if self.eval else "")
 
 
-def is_prepared(path: str | None) -> bool:
+def is_prepared(path: str | Path | None) -> bool:
     return bool(path) and (Path(path) / MARKER).is_file()
 
 
 def prepare_from_config(
     config: SFTConfig, tokenizer: Any, *, samples: Sequence[Any] | None = None,
     eval_samples: Sequence[Any] | None = None, eval_prompts: Sequence[Any] | None = None,
+    on_progress: ProgressFn | None = None,
 ) -> PreparedBundle:
-    """Samples given -> tokenize them; else load ``config.data`` (a prepared folder is read as is)."""
+    """Samples given -> tokenize them; else load ``config.data`` (a prepared folder is read as is).
+
+    ``on_progress(rows_done, rows_total, seconds)`` follows the tokenizing of data named by data.path."""
     if samples is None and is_prepared(config.data.path):
         bundle = load_prepared(config.data.path, tokenizer, config)
-        if eval_prompts is not None:
-            bundle.eval_prompts = list(eval_prompts)
-        return bundle
+    elif samples is None and config.data.path not in (None, EMBEDDED_DATA):
+        bundle = prepare_source(config, tokenizer, on_progress=on_progress)
+        if eval_samples:
+            bundle.eval = prepare_samples(list(eval_samples), tokenizer, name="eval_samples",
+                                          seq_length=config.train.seq_length, cache_dir=config.data.cache_dir,
+                                          truncation_side=config.tokenizer.truncation_side)
+    else:
+        return _prepare_listed(config, tokenizer, samples, eval_samples, eval_prompts)
+    if eval_prompts is not None:
+        bundle.eval_prompts = list(eval_prompts)
+    return bundle
+
+
+def _prepare_listed(config: SFTConfig, tokenizer: Any, samples: Sequence[Any] | None,
+                    eval_samples: Sequence[Any] | None, eval_prompts: Sequence[Any] | None) -> PreparedBundle:
+    """Rows held in lists: samples given to train(), the demo, or data.path read row by row."""
     origins, source = None, "samples"
     if samples is None:
         loaded = load_data(config.data, seed=config.train.seed)
@@ -64,16 +92,64 @@ def prepare_from_config(
     return PreparedBundle(train, held_out, list(eval_prompts) if eval_prompts is not None else None, source)
 
 
+def source_key(config: SFTConfig, tokenizer: Any) -> str:
+    """What decides the tokens of data named by data.path: its bytes, the data settings (template,
+    columns, filter, split), the tokenizer with its chat template, seq_length, truncation side,
+    the seed (it draws the held-out rows) and the masking code's version. Not the number of processes."""
+    data = config.data
+    decides = [PREP_VERSION, data.model_dump(mode="json", exclude={"cache_dir", "num_proc"}),
+               fingerprint_source(data.path), fingerprint_source(data.eval_path), tokenizer_fingerprint(tokenizer),
+               config.train.seq_length, config.tokenizer.truncation_side, config.train.seed]
+    return hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def prepare_source(config: SFTConfig, tokenizer: Any, *, on_progress: ProgressFn | None = None) -> PreparedBundle:
+    """data.path as memory-mapped Arrow, tokenized on data.num_proc processes, into data.cache_dir/<key>.
+
+    Should anything fail on the way, the data is read again row by row (``sources.load_data``), whose
+    error names the file and line of the row at fault; data it reads without error is prepared from there."""
+    from sft_core.data.streaming import open_data
+
+    cache = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
+    key = source_key(config, tokenizer)
+    folder, work = cache / key, cache / f".work-{key}"
+    if is_prepared(folder):
+        bundle = load_prepared(folder, tokenizer, config)
+        bundle.train.stats.cached = True
+        return bundle
+    common = dict(seq_length=config.train.seq_length, truncation_side=config.tokenizer.truncation_side, work=work)
+    try:
+        try:
+            data = open_data(config.data, seed=config.train.seed, cache_dir=cache / "arrow")
+            progress = RowProgress(len(data.train) + (len(data.eval) if data.eval is not None else 0), on_progress)
+            train = prepare_rows(data.train, tokenizer, config.data, name="train", key=key, progress=progress, **common)
+            held_out = prepare_rows(data.eval, tokenizer, config.data, name="eval", key=f"{key}e", progress=progress,
+                                    **common) if data.eval is not None else None
+            progress.close()
+            bundle = PreparedBundle(train, held_out, data.eval_prompts, data.source)
+        except Exception as err:  # noqa: BLE001 - any failure: let the row-by-row reader name the row
+            logger.warning("Reading %s row by row, to find what failed: %s", config.data.path, err)
+            bundle = _prepare_listed(config, tokenizer, None, None, None)
+        require_rows(bundle.train.stats, "samples", config.train.seq_length)
+        save_prepared(bundle, folder, tokenizer=tokenizer, seq_length=config.train.seq_length)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return load_prepared(folder, tokenizer, config)
+
+
 def save_prepared(bundle: PreparedBundle, directory: str | Path, *, tokenizer: Any, seq_length: int) -> Path:
-    """Write atomically: a crash leaves the complete folder or none."""
+    """Write atomically: a crash leaves the complete folder or none. Splits backed by Arrow files are
+    hard-linked (copied across file systems), not read and rewritten."""
     final = Path(directory)
     tmp = final.with_name(f".tmp-{final.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    with _no_progress_bars():
-        bundle.train.dataset.save_to_disk(str(tmp / "train"))
-        if bundle.eval is not None:
-            bundle.eval.dataset.save_to_disk(str(tmp / "eval"))
+    for name, split in (("train", bundle.train), ("eval", bundle.eval)):
+        if split is not None and split.files:
+            _link_arrow_files(split.files, tmp / name, fingerprint=split.stats.fingerprint or name)
+        elif split is not None:
+            with _no_progress_bars():
+                split.dataset.save_to_disk(str(tmp / name))
     meta = {
         "source": bundle.source, "fingerprint": bundle.fingerprint, "seq_length": seq_length,
         "tokenizer": tokenizer_fingerprint(tokenizer), "eval_prompts": bundle.eval_prompts,
@@ -84,6 +160,23 @@ def save_prepared(bundle: PreparedBundle, directory: str | Path, *, tokenizer: A
         shutil.rmtree(final)
     tmp.rename(final)
     return final
+
+
+def _link_arrow_files(files: list[str], folder: Path, *, fingerprint: str) -> None:
+    """A save_to_disk folder made of existing Arrow files (what Dataset.save_to_disk writes beside them)."""
+    folder.mkdir(parents=True)
+    names = [f"data-{i:05d}-of-{len(files):05d}.arrow" for i in range(len(files))]
+    for source, name in zip(files, names):
+        try:
+            os.link(source, folder / name)
+        except OSError:
+            shutil.copyfile(source, folder / name)
+    features = Dataset.from_file(files[0]).features
+    state = {"_data_files": [{"filename": n} for n in names], "_fingerprint": fingerprint, "_format_columns": None,
+             "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": None}
+    (folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+    info = asdict(DatasetInfo(features=features))
+    (folder / "dataset_info.json").write_text(json.dumps({k: info[k] for k in sorted(info)}, indent=2))
 
 
 @contextlib.contextmanager
@@ -109,9 +202,13 @@ def load_prepared(directory: str | Path, tokenizer: Any, config: SFTConfig) -> P
     def split(name: str, stats: dict | None) -> PreparedSplit | None:
         if stats is None:
             return None
-        dataset = load_from_disk(str(path / name))
+        with _no_progress_bars():
+            dataset = load_from_disk(str(path / name))
         assert isinstance(dataset, Dataset)
-        return PreparedSplit(dataset, PrepStats(**stats))
+        files = [c["filename"] for c in dataset.cache_files]
+        if "status" in dataset.column_names:  # whether each row was truncated: counted already, not trained on
+            dataset = dataset.remove_columns("status")
+        return PreparedSplit(dataset, PrepStats(**stats), files)
 
     return PreparedBundle(split("train", meta["train_stats"]), split("eval", meta["eval_stats"]),
                           meta["eval_prompts"], meta["source"])

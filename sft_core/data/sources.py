@@ -1,8 +1,10 @@
 """Load training data named by the config: local files, saved datasets, a hub name, or the embedded demo.
 
-Files are parsed here rather than by ``datasets.load_dataset`` so that a bad row is reported
-with its file and line. Rows become samples through column mapping, an optional prompt
-template (Alpaca built in) and an optional one-column filter such as ``label == 1``.
+Rows become samples through column mapping, an optional prompt template (Alpaca built in) and an
+optional one-column filter such as ``label == 1``. This module reads every row into a list, parsing
+files by hand so that a bad row is reported with its file and line: it is the slow, exact reader.
+Large data goes through ``streaming`` (Arrow, memory-mapped), which falls back to this reader only
+to name the row that made it fail.
 """
 
 from __future__ import annotations
@@ -56,9 +58,10 @@ def load_data(cfg: DataConfig, *, seed: int) -> LoadedData:
         raise DataError("data.path is not set and train() got no samples: nothing to train on")
     if cfg.path == EMBEDDED_DATA:
         return _embedded_demo(cfg)
-    rows = _apply_filter(read_rows(cfg.path), cfg.filter, cfg.path)
+    rows = _apply_filter(read_rows(cfg.path, split=cfg.split, subset=cfg.subset), cfg.filter, cfg.path)
     if cfg.eval_path:
-        eval_rows = _apply_filter(read_rows(cfg.eval_path), cfg.filter, cfg.eval_path)
+        eval_rows = _apply_filter(read_rows(cfg.eval_path, split=cfg.split, subset=cfg.subset), cfg.filter,
+                                  cfg.eval_path)
     else:
         rows, eval_rows = _split(rows, cfg.eval_fraction, seed)
     if cfg.max_rows is not None:
@@ -93,10 +96,10 @@ def _embedded_demo(cfg: DataConfig) -> LoadedData:
 
 
 # -- reading --------------------------------------------------------------------------------------
-def read_rows(path_or_name: str) -> list[Row]:
+def read_rows(path_or_name: str, *, split: str = "train", subset: str | None = None) -> list[Row]:
     path = Path(path_or_name).expanduser()
     if path.is_dir():
-        return _read_saved_dataset(path)
+        return _read_saved_dataset(path, split)
     if path.is_file():
         readers: dict[str, Callable[[Path], list[Row]]] = {
             ".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet, ".txt": _read_txt,
@@ -110,7 +113,7 @@ def read_rows(path_or_name: str) -> list[Row]:
         return rows
     if path.suffix.lower() in FILE_TYPES or path_or_name.startswith((".", "/", "~")):
         raise DataError("file not found", source=str(path))
-    return _read_hub(path_or_name)
+    return _read_hub(path_or_name, split, subset)
 
 
 def _decode(path: Path) -> str:
@@ -186,7 +189,8 @@ def _read_parquet(path: Path) -> list[Row]:
     return [Row(r, f"{path}[row {i}]") for i, r in enumerate(records)]
 
 
-def _read_saved_dataset(path: Path) -> list[Row]:
+def open_saved_dataset(path: Path, split: str) -> Any:
+    """A folder written by save_to_disk, memory-mapped; of a DatasetDict, ``split``."""
     import datasets
 
     try:
@@ -195,23 +199,35 @@ def _read_saved_dataset(path: Path) -> list[Row]:
         raise DataError("not a folder saved with Dataset.save_to_disk (no dataset_info.json/state.json)",
                         source=str(path)) from None
     if isinstance(loaded, datasets.DatasetDict):
-        if "train" not in loaded:
-            raise DataError(f"saved DatasetDict has no 'train' split (splits: {list(loaded)})", source=str(path))
-        loaded = loaded["train"]
-    return [Row(r, f"{path}[row {i}]") for i, r in enumerate(loaded.to_list())]
+        if split not in loaded:
+            raise DataError(f"saved DatasetDict has no {split!r} split (splits: {list(loaded)}); "
+                            "set data.split", source=str(path))
+        loaded = loaded[split]
+    return loaded
 
 
-def _read_hub(name: str) -> list[Row]:
+def open_hub_dataset(name: str, split: str, subset: str | None) -> Any:
+    """A hub data set's split (Arrow, memory-mapped in the HF cache)."""
     import datasets
 
     try:
-        loaded = datasets.load_dataset(name, split="train")
+        return datasets.load_dataset(name, subset, split=split)
     except Exception as err:  # noqa: BLE001 - offline errors come in several types
         raise DataError(
             f"{name!r} is not a local file or folder, and loading it from the HuggingFace hub failed "
-            f"(offline, or no such data set): {str(err).splitlines()[0] if str(err) else type(err).__name__}. "
+            f"(offline, no such data set, subset or split): "
+            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}. "
             f"Download it where there is network and set data.path to the local copy", source="data.path"
         ) from None
+
+
+def _read_saved_dataset(path: Path, split: str) -> list[Row]:
+    loaded = open_saved_dataset(path, split)
+    return [Row(r, f"{path}[row {i}]") for i, r in enumerate(loaded.to_list())]
+
+
+def _read_hub(name: str, split: str, subset: str | None) -> list[Row]:
+    loaded = open_hub_dataset(name, split, subset)
     return [Row(r, f"{name}[row {i}]") for i, r in enumerate(loaded.to_list())]
 
 
