@@ -1,4 +1,5 @@
-"""Data at scale: the streaming, multi-process preparation gives exactly the rows the list-based one gave.
+"""Data at scale: the streaming, multi-process preparation gives exactly the rows the list-based one gave,
+caches by the file's content, names a malformed row's line, and reports its progress.
 
 The golden digests below were computed by the list-based implementation (commit 8f34354) on the
 same seeded files: every token and label of every train and held-out row, the counts, and the
@@ -9,11 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 
-from sft_core import default_sft_config
-from sft_core.data.prepared import prepare_from_config
+import datasets
+import pytest
+
+from sft_core import DataError, default_sft_config
+from sft_core.data import streaming
+from sft_core.data.prepared import prepare_from_config, source_key
 from sft_core.modeling import load_tokenizer
+from sft_core.run import Run, data_cache_key, prepare_data
 
 WORDS = ("alpha beta gamma delta river stone cloud apple seven blue quick lazy fox dog tree moon sum list "
          "write explain add translate poem short answer number city capital").split()
@@ -71,8 +78,10 @@ def _config(tmp_path, path: str, **data):
                                        data=dict(path=path, cache_dir=str(tmp_path / "cache"), **data))
 
 
-def test_10k_alpaca_rows_are_prepared_token_for_token_as_before(tmp_path):
-    config = _config(tmp_path, write_alpaca(tmp_path / "alpaca.jsonl", 10_000), template="alpaca")
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_10k_alpaca_rows_are_prepared_token_for_token_as_before(tmp_path, num_proc):
+    """Two processes give the same rows in the same order, and the same counts, as one."""
+    config = _config(tmp_path, write_alpaca(tmp_path / "alpaca.jsonl", 10_000), template="alpaca", num_proc=num_proc)
     bundle = prepare_from_config(config, load_tokenizer(config.tokenizer, config.model))
     assert bundle.train.stats.rows_dropped and bundle.train.stats.rows_truncated  # both paths are exercised
     assert digest(bundle) == GOLDEN_ALPACA
@@ -83,3 +92,65 @@ def test_sharegpt_rows_are_prepared_token_for_token_as_before(tmp_path):
         tokenizer=dict(chat_template="chatml"))
     bundle = prepare_from_config(config, load_tokenizer(config.tokenizer, config.model))
     assert digest(bundle) == GOLDEN_SHAREGPT
+
+
+def test_a_second_run_reads_the_cache_without_opening_the_data(tmp_path, monkeypatch):
+    config = _config(tmp_path, write_alpaca(tmp_path / "a.jsonl", 300), template="alpaca")
+    tokenizer = load_tokenizer(config.tokenizer, config.model)
+    first = prepare_from_config(config, tokenizer)
+    monkeypatch.setattr(streaming, "open_data", lambda *a, **k: pytest.fail("the data was opened again"))
+    again = prepare_from_config(config.evolve(optimizer=dict(kwargs=dict(lr=1e-5)), data=dict(num_proc=2)), tokenizer)
+    assert again.train.stats.cached and digest(again) == digest(first)
+
+
+def test_the_cache_key_follows_what_decides_the_tokens(tmp_path):
+    path = write_alpaca(tmp_path / "a.jsonl", 50)
+    config = _config(tmp_path, path, template="alpaca")
+    tokenizer = load_tokenizer(config.tokenizer, config.model)
+    key = source_key(config, tokenizer)
+    chatml = load_tokenizer(config.tokenizer.model_copy(update=dict(chat_template="chatml")), config.model)
+    changed = [source_key(config.evolve(data=dict(template="Q: {instruction}\nA: ")), tokenizer),
+               source_key(config.evolve(train=dict(seq_length=128)), tokenizer),
+               source_key(config.evolve(tokenizer=dict(truncation_side="left")), tokenizer),
+               source_key(config, chatml)]
+    assert key not in changed and len(set(changed)) == len(changed)
+    with open(path, "a") as f:
+        f.write(json.dumps({"instruction": "one more", "input": "", "output": "row"}) + "\n")
+    assert source_key(config, tokenizer) != key
+
+
+def test_a_malformed_row_is_named_by_file_and_line(tmp_path):
+    path = write_alpaca(tmp_path / "a.jsonl", 30)
+    lines = open(path).read().splitlines()
+    lines[6] = '{"instruction": "broken", "output": '
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    config = _config(tmp_path, path, template="alpaca")
+    with pytest.raises(DataError, match=f"{path}:7: malformed JSON"):
+        prepare_from_config(config, load_tokenizer(config.tokenizer, config.model))
+
+
+def test_the_run_reports_progress_and_links_the_cached_files(tmp_path):
+    config = _config(tmp_path, write_alpaca(tmp_path / "a.jsonl", 400), template="alpaca")
+    run = Run(name="r", root=str(tmp_path / "r"), config=config, data_key=data_cache_key(config),
+              prepared_root=str(tmp_path / "prepared"))
+    calls = []
+    data = prepare_data(run, on_progress=lambda *args: calls.append(args))
+    assert calls[-1][:2] == (400, 400) and calls[-1][2] > 0
+    assert data.train_rows + sum(data.dropped_rows.values()) == 380  # 20 rows (5%) are held out
+    cached = tmp_path / "cache" / source_key(config, load_tokenizer(config.tokenizer, config.model)) / "train"
+    linked = tmp_path / "prepared" / run.data_key / "train"
+    name = "data-00000-of-00001.arrow"
+    assert os.stat(cached / name).st_ino == os.stat(linked / name).st_ino  # hard-linked, not rewritten
+
+
+def test_a_saved_dataset_dict_trains_on_data_split(tmp_path):
+    rows = [{"prompt": f"q{i} ", "completion": f"a{i}"} for i in range(20)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:10]),
+                          "test": datasets.Dataset.from_list(rows[10:])}).save_to_disk(str(tmp_path / "saved"))
+    config = _config(tmp_path, str(tmp_path / "saved"), split="test", eval_fraction=0)
+    bundle = prepare_from_config(config, load_tokenizer(config.tokenizer, config.model))
+    tokenizer = load_tokenizer(config.tokenizer, config.model)
+    assert tokenizer.decode(bundle.train.dataset[0]["input_ids"]).startswith("q10 a10")
+    with pytest.raises(DataError, match="no 'dev' split"):
+        prepare_from_config(config.evolve(data=dict(split="dev")), tokenizer)
