@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -148,7 +149,8 @@ def tokenize_rows(rows: Dataset, tokenize: RowTokenizer, *, num_proc: int, work:
     parts = []
     with _quiet_datasets():
         for k, start in enumerate(range(0, len(rows), chunk)):
-            part = rows.select(range(start, min(start + chunk, len(rows))))
+            part = _on_new_maps(rows) if num_proc == 1 else rows  # workers map the file anew for themselves
+            part = part.select(range(start, min(start + chunk, len(rows))))
             parts.append(part.map(
                 tokenize, batched=True, batch_size=1000, remove_columns=part.column_names, features=TOKENIZED,
                 num_proc=num_proc if num_proc > 1 else None, cache_file_name=str(work / f"{name}-{k:05d}.arrow"),
@@ -164,6 +166,14 @@ def tokenize_rows(rows: Dataset, tokenize: RowTokenizer, *, num_proc: int, work:
                                          batch_size=10_000).flatten_indices(
                 cache_file_name=str(work / f"{name}-kept.arrow"), num_proc=num_proc if num_proc > 1 else None)
     return _split_from_files([c["filename"] for c in tokenized.cache_files], stats)
+
+
+def _on_new_maps(rows: Dataset) -> Dataset:
+    """The same rows over memory maps of their own. The pages a map has read count in the RSS of its
+    process until it is closed, so in one process a million rows' file would end up counted whole;
+    a chunk read through maps of its own lets them go when it is done. A file-backed Dataset pickles
+    as its files' paths (no data), which is how datasets hands it to workers too."""
+    return pickle.loads(pickle.dumps(rows)) if rows.cache_files else rows
 
 
 def require_rows(stats: PrepStats, name: str, seq_length: int) -> None:
