@@ -73,21 +73,30 @@ def digest(bundle) -> str:
     return h.hexdigest()[:16]
 
 
+def _no_fallback(monkeypatch):
+    """The streaming path must do it: reading row by row is only for naming a bad row."""
+    from sft_core.data import prepared
+
+    monkeypatch.setattr(prepared, "_prepare_listed", lambda *a: pytest.fail("the streaming reader fell back"))
+
+
 def _config(tmp_path, path: str, **data):
     return default_sft_config().evolve(train=dict(seq_length=256),
                                        data=dict(path=path, cache_dir=str(tmp_path / "cache"), **data))
 
 
 @pytest.mark.parametrize("num_proc", [1, 2])
-def test_10k_alpaca_rows_are_prepared_token_for_token_as_before(tmp_path, num_proc):
+def test_10k_alpaca_rows_are_prepared_token_for_token_as_before(tmp_path, monkeypatch, num_proc):
     """Two processes give the same rows in the same order, and the same counts, as one."""
+    _no_fallback(monkeypatch)
     config = _config(tmp_path, write_alpaca(tmp_path / "alpaca.jsonl", 10_000), template="alpaca", num_proc=num_proc)
     bundle = prepare_from_config(config, load_tokenizer(config.tokenizer, config.model))
     assert bundle.train.stats.rows_dropped and bundle.train.stats.rows_truncated  # both paths are exercised
     assert digest(bundle) == GOLDEN_ALPACA
 
 
-def test_sharegpt_rows_are_prepared_token_for_token_as_before(tmp_path):
+def test_sharegpt_rows_are_prepared_token_for_token_as_before(tmp_path, monkeypatch):
+    _no_fallback(monkeypatch)
     config = _config(tmp_path, write_sharegpt(tmp_path / "chat.jsonl", 600)).evolve(
         tokenizer=dict(chat_template="chatml"))
     bundle = prepare_from_config(config, load_tokenizer(config.tokenizer, config.model))
@@ -154,3 +163,36 @@ def test_a_saved_dataset_dict_trains_on_data_split(tmp_path):
     assert tokenizer.decode(bundle.train.dataset[0]["input_ids"]).startswith("q10 a10")
     with pytest.raises(DataError, match="no 'dev' split"):
         prepare_from_config(config.evolve(data=dict(split="dev")), tokenizer)
+
+
+ROWS = [{"prompt": f"q{i} ", "completion": f"a{i}", "label": i % 3, "topic": ["x", "y"][i % 2]} for i in range(60)]
+
+
+@pytest.mark.parametrize("suffix,data", [
+    ("jsonl", {}), ("json", {}), ("csv", {}), ("parquet", {}), ("txt", {}),
+    ("jsonl", {"filter": "label == 1", "max_rows": 7}), ("parquet", {"template": "Q ({topic}): {prompt}"}),
+    ("jsonl", {"eval_path": "same", "max_eval_prompts": 3}), ("csv", {"filter": "topic == x"}),
+])
+def test_the_streaming_reader_gives_the_rows_the_row_by_row_reader_gives(tmp_path, monkeypatch, suffix, data):
+    from sft_core.data import prepared
+
+    path = tmp_path / f"d.{suffix}"
+    if suffix == "txt":
+        path.write_text("".join(f"line {i}\n" + ("\n" if i % 4 == 0 else "") for i in range(60)))
+    elif suffix == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    elif suffix == "json":
+        path.write_text(json.dumps(ROWS))
+    else:
+        ds = datasets.Dataset.from_list(ROWS)
+        ds.to_csv(str(path), index=False) if suffix == "csv" else ds.to_parquet(str(path))
+    if data.get("eval_path") == "same":
+        data = {**data, "eval_path": str(path)}
+    config = _config(tmp_path, str(path), eval_fraction=0.1, **data)
+    tokenizer = load_tokenizer(config.tokenizer, config.model)
+    read_row_by_row = prepared._prepare_listed
+    with monkeypatch.context() as patch:
+        _no_fallback(patch)
+        streamed = prepare_from_config(config, tokenizer)
+    listed = read_row_by_row(config.evolve(data=dict(cache_dir=str(tmp_path / "listed"))), tokenizer, None, None, None)
+    assert digest(streamed) == digest(listed)

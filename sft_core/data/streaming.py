@@ -12,6 +12,7 @@ These loaders know rows, not lines. When anything here fails, the caller reads t
 from __future__ import annotations
 
 import array
+import csv
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from datasets import Dataset
+from datasets import Dataset, Features, Value
 
 from sft_core.config import DataConfig
 from sft_core.data.sources import (
@@ -27,12 +28,7 @@ from sft_core.data.sources import (
 )
 from sft_core.errors import DataError
 
-# Each suffix's datasets loader, and the options that make it read what sources.py reads: CSV cells
-# stay strings (no number or NaN guessing), as csv.DictReader gives them.
-LOADERS: dict[str, tuple[str, dict[str, Any]]] = {
-    ".jsonl": ("json", {}), ".json": ("json", {}), ".parquet": ("parquet", {}), ".txt": ("text", {}),
-    ".csv": ("csv", {"dtype": str, "keep_default_na": False, "na_filter": False}),
-}
+LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text", ".csv": "csv"}
 SCALAR_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer, pa.types.is_floating,
                 pa.types.is_boolean)
 
@@ -72,7 +68,8 @@ def open_rows(path_or_name: str, cfg: DataConfig, cache_dir: Path) -> Dataset:
         return open_hub_dataset(path_or_name, cfg.split, cfg.subset)
     if path.suffix.lower() not in LOADERS:
         raise DataError(f"unsupported file type {path.suffix!r}; use one of {', '.join(FILE_TYPES)}", source=str(path))
-    loader, options = LOADERS[path.suffix.lower()]
+    loader = LOADERS[path.suffix.lower()]
+    options = _csv_as_strings(path) if loader == "csv" else {}
     rows = datasets.load_dataset(loader, data_files=str(path.resolve()), split="train", cache_dir=str(cache_dir),
                                  **options)
     if loader == "text":  # sources skips blank lines
@@ -80,6 +77,14 @@ def open_rows(path_or_name: str, cfg: DataConfig, cache_dir: Path) -> Dataset:
     if len(rows) == 0:
         raise DataError("the file has no rows", source=str(path))
     return rows
+
+
+def _csv_as_strings(path: Path) -> dict[str, Any]:
+    """Every CSV cell a string, as csv.DictReader (sources.py) gives it: no number or NaN guessing."""
+    with path.open(newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f))
+    return {"features": Features({name: Value("string") for name in header}), "keep_default_na": False,
+            "na_filter": False}
 
 
 def row_values(batch: dict[str, list], i: int) -> dict[str, Any]:
