@@ -112,7 +112,7 @@ def prepare_source(config: SFTConfig, tokenizer: Any, *, on_progress: ProgressFn
 
     cache = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
     key = source_key(config, tokenizer)
-    folder, work = cache / key, cache / f".work-{key}"
+    folder, work = cache / key, cache / f".work-{key}-{os.getpid()}"  # two processes may prepare the same key
     if is_prepared(folder):
         bundle = load_prepared(folder, tokenizer, config)
         bundle.train.stats.cached = True
@@ -141,7 +141,7 @@ def save_prepared(bundle: PreparedBundle, directory: str | Path, *, tokenizer: A
     """Write atomically: a crash leaves the complete folder or none. Splits backed by Arrow files are
     hard-linked (copied across file systems), not read and rewritten."""
     final = Path(directory)
-    tmp = final.with_name(f".tmp-{final.name}")
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name, split in (("train", bundle.train), ("eval", bundle.eval)):
