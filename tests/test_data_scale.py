@@ -18,6 +18,7 @@ import pytest
 
 from sft_core import DataError, default_sft_config
 from sft_core.data import streaming
+from sft_core.data.prepare import row_lengths
 from sft_core.data.prepared import prepare_from_config, source_key
 from sft_core.modeling import load_tokenizer
 from sft_core.run import Run, data_cache_key, prepare_data
@@ -146,6 +147,8 @@ def test_the_run_reports_progress_and_links_the_cached_files(tmp_path):
     calls = []
     data = prepare_data(run, on_progress=lambda *args: calls.append(args))
     assert calls[-1][:2] == (400, 400) and calls[-1][2] > 0
+    train = datasets.load_from_disk(data.path + "/train")
+    assert row_lengths(train) == [len(ids) for ids in train["input_ids"]]
     assert data.train_rows + sum(data.dropped_rows.values()) == 380  # 20 rows (5%) are held out
     cached = tmp_path / "cache" / source_key(config, load_tokenizer(config.tokenizer, config.model)) / "train"
     linked = tmp_path / "prepared" / run.data_key / "train"

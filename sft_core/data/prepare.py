@@ -168,6 +168,15 @@ def tokenize_rows(rows: Dataset, tokenize: RowTokenizer, *, num_proc: int, work:
     return _split_from_files([c["filename"] for c in tokenized.cache_files], stats)
 
 
+def row_lengths(dataset: Dataset) -> list[int]:
+    """Tokens per row, from the input_ids column's offsets only (its tokens stay on disk): what
+    length grouping needs, at a million rows too, where ``dataset["input_ids"]`` would load every token."""
+    lengths: list[int] = []
+    for table in dataset.select_columns(["input_ids"]).with_format("arrow").iter(batch_size=100_000):
+        lengths += pc.list_value_length(table.column("input_ids")).to_pylist()
+    return lengths
+
+
 def _on_new_maps(rows: Dataset) -> Dataset:
     """The same rows over memory maps of their own. The pages a map has read count in the RSS of its
     process until it is closed, so in one process a million rows' file would end up counted whole;
