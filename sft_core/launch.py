@@ -48,7 +48,8 @@ def launch_command(config_path: str | Path, dist: DistributedConfig, *, output_d
     if dist.num_processes == 1 and dist.accelerate_config == "single":
         return [sys.executable, *train_args], env
     if dist.use_cpu or not gpu_available:
-        # `accelerate launch --cpu --num_processes N` silently runs one process; torchrun does not.
+        # `accelerate launch --cpu --num_processes N` silently runs one process; torchrun does not
+        # (https://github.com/huggingface/accelerate/issues/2741).
         env["ACCELERATE_USE_CPU"] = "true"
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(dist.num_processes),
                 "--master_port", str(free_port()), *train_args], env
