@@ -29,7 +29,7 @@ import time
 LEAN_SERVER_SETTINGS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # its telemetry heartbeat: there is no network to send it to
     # Automations: a server that lives for one run has none, yet its triggers service reads every event
-    # and re-evaluates proactive triggers every few seconds.
+    # and re-evaluates proactive triggers every few seconds (its actions service goes off with it).
     "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
     # Block types are registered for flows that use blocks (this one uses none): seconds on a new
     # PREFECT_HOME (later starts skip it anyway); a real server registers them itself.
