@@ -148,12 +148,13 @@ def tokenize_rows(rows: Dataset, tokenize: RowTokenizer, *, num_proc: int, work:
     chunk = max(CHUNK_MIN_ROWS, math.ceil(len(rows) / 20))
     parts = []
     with _quiet_datasets():
-        for k, start in enumerate(range(0, len(rows), chunk)):
-            part = _on_new_maps(rows) if num_proc == 1 else rows  # workers map the file anew for themselves
-            part = part.select(range(start, min(start + chunk, len(rows))))
+        for k, span in enumerate(_chunks(rows, chunk)):
+            # A chunk far smaller than the others (a held-out split's, a tail) is not worth a worker pool.
+            procs = num_proc if len(span) >= min(chunk, len(rows)) // 4 else 1
+            part = (_on_new_maps(rows) if procs == 1 else rows).select(span)  # workers map the files anew
             parts.append(part.map(
                 tokenize, batched=True, batch_size=1000, remove_columns=part.column_names, features=TOKENIZED,
-                num_proc=num_proc if num_proc > 1 else None, cache_file_name=str(work / f"{name}-{k:05d}.arrow"),
+                num_proc=procs if procs > 1 else None, cache_file_name=str(work / f"{name}-{k:05d}.arrow"),
                 new_fingerprint=hashlib.sha256(f"{key}/{name}/{k}".encode()).hexdigest()[:16],
                 load_from_cache_file=False,
             ))
@@ -166,6 +167,21 @@ def tokenize_rows(rows: Dataset, tokenize: RowTokenizer, *, num_proc: int, work:
                                          batch_size=10_000).flatten_indices(
                 cache_file_name=str(work / f"{name}-kept.arrow"), num_proc=num_proc if num_proc > 1 else None)
     return _split_from_files([c["filename"] for c in tokenized.cache_files], stats)
+
+
+def _chunks(rows: Dataset, size: int) -> list[range]:
+    """Consecutive ranges of at most ``size`` rows, each over at most ``size`` rows of the files beneath.
+    A held-out split's rows are spread over the whole file: a chunk of them would read every page of
+    it, and the pages read count in RSS. Rows selected in file order (the splits, a filter) are cut by
+    where they lie in the file; ``_indices`` is datasets' (private) mapping from rows to file rows."""
+    n = len(rows)
+    indices = getattr(rows, "_indices", None)
+    positions = indices.column(0).to_numpy() if indices is not None and n else None
+    if positions is None or np.any(np.diff(positions.astype(np.int64)) < 0):
+        return [range(start, min(start + size, n)) for start in range(0, n, size)]
+    bounds = np.searchsorted(positions, np.arange(int(positions[0]), int(positions[-1]) + 1, size))
+    cuts = sorted({int(b) for b in bounds} | {n})  # a span of `size` file rows holds at most `size` rows
+    return [range(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
 def row_lengths(dataset: Dataset) -> list[int]:
