@@ -108,7 +108,9 @@ class TokenizerConfig(_Section):
 class TrainConfig(_Section):
     seq_length: int = Field(64, ge=2, description="Max tokens per row; longer rows are truncated.")
     epochs: int = Field(100, ge=1)  # upper bound; total_steps usually ends the run first
-    total_steps: int = Field(1500, ge=1)  # optimizer steps
+    # Optimizer steps. The demo's "add" task is learned last (from ~step 1000): at 1500 the run ended
+    # mid-climb and exact match swung 0.83-0.98 with seed and CPU; 2200 gives 0.98-1.0 (benchmarks.demo_seeds).
+    total_steps: int = Field(2200, ge=1)
     batch_size: int = Field(64, ge=1, description="Rows per micro-batch, per process.")
     gradient_accumulation_steps: int = Field(1, ge=1)  # micro-batches per optimizer step
     max_grad_norm: float | None = Field(1.0, gt=0)  # None disables clipping
@@ -140,7 +142,8 @@ class TrainConfig(_Section):
 
 class OptimizerConfig(_Section):
     name: Literal["adamw", "adam", "sgd"] = "adamw"
-    kwargs: dict[str, Any] = Field(default_factory=lambda: dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0))
+    # weight_decay 0.1: the usual AdamW value, for the demo's held-out sums (tried with total_steps 2200, not alone)
+    kwargs: dict[str, Any] = Field(default_factory=lambda: dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1))
 
     @field_validator("name", mode="before")
     @classmethod
