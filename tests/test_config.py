@@ -72,7 +72,8 @@ def test_exponent_floats_without_a_dot_are_floats(tmp_path):
 
 def test_switching_optimizer_drops_the_old_optimizers_kwargs():
     sgd = default_sft_config().evolve(optimizer=dict(name="sgd"))
-    assert sgd.optimizer.kwargs == {"lr": default_sft_config().optimizer.kwargs["lr"], "weight_decay": 0.0}
+    defaults = default_sft_config().optimizer.kwargs
+    assert sgd.optimizer.kwargs == {"lr": defaults["lr"], "weight_decay": defaults["weight_decay"]}
     sgd = default_sft_config().with_overrides({"optimizer.name": "sgd", "optimizer.kwargs": {"lr": 0.5}})
     assert sgd.optimizer.kwargs == {"lr": 0.5}
 
