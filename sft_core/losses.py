@@ -22,7 +22,10 @@ def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], devic
         input_ids=batch["input_ids"].to(device),
         attention_mask=None if mask is None else mask.to(device),
         position_ids=batch["position_ids"].to(device),
-        use_cache=False,  # training needs no KV cache, and with one transformers ignores packed position_ids
+        # Training needs no KV cache, and with one transformers ignores packed position_ids: it builds the
+        # block-diagonal mask only when past_key_values is None (masking_utils.create_causal_mask, 5.x:
+        # https://github.com/huggingface/transformers/blob/main/src/transformers/masking_utils.py).
+        use_cache=False,
     ).logits
     targets = labels[:, 1:].to(device)  # token t predicts t+1
     loss_sum = F.cross_entropy(

@@ -156,7 +156,9 @@ def enable_gradient_checkpointing(model: PreTrainedModel, mode: bool | Literal["
     kwargs: dict = {"use_reentrant": False}
     if mode == "selective":
         kwargs["context_fn"] = partial(create_selective_checkpoint_contexts, _keep_costly_outputs)
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name is deprecated
+    # transformers renamed gradient_checkpointing_enable (a deprecated alias "removed in v6", see
+    # PreTrainedModel.gradient_checkpointing_enable in 5.23); older 5.x releases have only the old name.
+    if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
