@@ -26,6 +26,7 @@ from sft_core.checkpoint import (TrainerState, checkpoint_path, list_checkpoints
                                  rotate_checkpoints, save_checkpoint, topmost_missing)
 from sft_core.config import SFTConfig
 from sft_core.data.batching import BatchPosition, EpochBatchSampler, micro_batches
+from sft_core.data.prepare import row_lengths
 from sft_core.deepspeed_glue import setup_deepspeed
 from sft_core.errors import ConfigError, TrainingError
 from sft_core.evaluation import EvalPrompts, EvalResult, Evaluator, check_packing_isolates_rows, resolve_best_metric
@@ -95,7 +96,7 @@ class AccelerateSFTTrainer:
         self.train_data = train_data
         self.callbacks = list(callbacks)
         train = config.train
-        lengths = [len(ids) for ids in train_data["input_ids"]] if train.group_by_length else None
+        lengths = row_lengths(train_data) if train.group_by_length else None  # offsets only, no token reads
         self.sampler = EpochBatchSampler(len(train_data), train.batch_size, seed=train.seed, lengths=lengths,
                                          rank=accelerator.process_index, world_size=accelerator.num_processes)
         self.total_steps = self._total_steps()
