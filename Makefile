@@ -1,10 +1,11 @@
-# Fresh machine: `make demo` (set up, then train the embedded demo), `make test` (set up, then run the tests).
+# Fresh machine: `make demo` (set up, then train the embedded demo), `make test` (set up, then run the tests;
+# `make test-slow` runs the second tier of real-model and multi-run checks).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-slow test-fast bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +24,14 @@ demo: setup
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m flows.sft
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not extended"
+
+# The second tier: real-model and multi-run checks that take minutes each (CI runs both tiers).
+test-slow: setup
+	$(BIN)/python -m pytest -q -m extended
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not extended"
 
 clean:
 	rm -rf runs mlflow.db .pytest_cache

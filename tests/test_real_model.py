@@ -33,7 +33,7 @@ def facts_file(path, source):
     return str(path)
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # `make test-slow`: minutes of real-model training
 def test_lora_from_the_gguf_file_learns_facts_then_registers_and_answers(example_model, tmp_path):
     import mlflow
     from transformers import AutoModelForCausalLM
