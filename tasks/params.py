@@ -68,6 +68,9 @@ class PipelineConfig(BaseModel):
                           "from its last checkpoint.")
     runs_dir: str = Field("runs", description="Where run folders are created.")
     export: Literal["final", "best"] = Field("final", description="Which weights to export and register.")
+    merge_adapters: bool = Field(
+        True, description="With LoRA (model.peft_config): export and register the merged full model; off: the "
+                          "adapter alone.")
     experiment_name: str = Field("sftflow", description="MLflow experiment.")
     tracking_uri: OptionalStr = Field(
         None, description="MLflow tracking URI. Empty: $MLFLOW_TRACKING_URI, else sqlite in the working folder.")
@@ -96,6 +99,7 @@ class PipelineConfig(BaseModel):
             "tracking.registered_model_name": self.registered_model_name,
             "tracking.registered_model_alias": self.model_alias,
             "distributed.num_processes": self.num_processes, "distributed.accelerate_config": self.accelerate_config,
+            "model.merge_adapters_on_export": self.merge_adapters,
         }
         return {**{k: v for k, v in mapped.items() if v is not None}, **self.overrides}
 
