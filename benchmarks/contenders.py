@@ -85,7 +85,7 @@ def run_ours(w: Workload, model_dir: str, train, clock: StepClock, checkpointing
 
 def run_trl(w: Workload, model_dir: str, train, clock: StepClock, packing: bool):
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -98,6 +98,16 @@ def run_trl(w: Workload, model_dir: str, train, clock: StepClock, packing: bool)
     )
     dataset = Dataset.from_list([{"prompt": p, "completion": c} for p, c in train])
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    tick_at_trl_steps(trainer, clock)
+    trainer.train()
+    return trainer.model, tokenizer
+
+
+def tick_at_trl_steps(trainer, clock) -> None:
+    """Tick ``clock`` with the cumulative target tokens at the end of each TRL step: the collator counts
+    each batch's targets (batch k is collated before step k ends), a callback reads them."""
+    from transformers import TrainerCallback
+
     seen = [0]
     collate = trainer.data_collator
 
@@ -110,11 +120,9 @@ def run_trl(w: Workload, model_dir: str, train, clock: StepClock, packing: bool)
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            clock.tick(seen[state.global_step])  # batch k was collated before step k ends
+            clock.tick(seen[state.global_step])
 
     trainer.add_callback(Clock())
-    trainer.train()
-    return trainer.model, tokenizer
 
 
 def run_plain(w: Workload, model_dir: str, train, clock: StepClock):

@@ -88,8 +88,10 @@ def run_trl(model_dir: str, steps: int, clock: Clock):
     import torch
     from datasets import Dataset
     from peft import get_peft_config
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
+
+    from benchmarks.contenders import tick_at_trl_steps
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -103,21 +105,7 @@ def run_trl(model_dir: str, steps: int, clock: Clock):
     rows = [{"prompt": m[:-1], "completion": m[-1:]} for m in chat_rows("invented_facts_train.jsonl")]
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=get_peft_config(dict(LORA)))
-    seen = [0]
-    collate = trainer.data_collator
-
-    def counting_collator(features):
-        batch = collate(features)
-        seen.append(seen[-1] + int((batch["labels"][:, 1:] != -100).sum()))
-        return batch
-
-    trainer.data_collator = counting_collator
-
-    class StepClock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            clock.tick(seen[state.global_step])
-
-    trainer.add_callback(StepClock())
+    tick_at_trl_steps(trainer, clock)
     trainer.train()
     return trainer.model, tokenizer
 
