@@ -41,7 +41,7 @@ class PipelineConfig(BaseModel):
         None, description="Local HuggingFace model folder, or 'embedded:tiny-llama'. Empty: from the base config.")
     data_path: OptionalStr = Field(
         None, description="Training data: .jsonl/.json/.csv/.parquet/.txt, a saved dataset folder, or 'embedded:demo'.")
-    total_steps: OptionalInt = Field(None, ge=1, description="Optimizer steps (demo default: 2200).")
+    total_steps: OptionalInt = Field(None, ge=1, description="Optimizer steps (demo default: 2000).")
     batch_size: OptionalInt = Field(None, ge=1, description="Rows per micro-batch, per process (demo default: 64).")
     learning_rate: OptionalFloat = Field(None, gt=0, description="Peak learning rate (demo default: 0.001).")
     eval_interval: OptionalInt = Field(None, ge=1, description="Steps between generation evals (demo default: 500).")

@@ -20,7 +20,7 @@ from sft_core.tracking import read_history
 def test_demo_learns(run_dir):
     """A shortened demo: exact match starts at 0 and rises; held-out loss falls by more than half.
 
-    The full demo (README's main command, 2200 steps) reaches >= 0.92 on every seed; see benchmarks.demo_seeds.
+    The full demo (README's main command, 2000 steps) reaches >= 0.92 on every seed; see benchmarks.demo_seeds.
     """
     config = tiny_config(run_dir, train=dict(total_steps=600, eval_interval=300, batch_size=64),
                          data=dict(num_demo_rows=20000, max_eval_prompts=128))
