@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from tqdm.auto import tqdm
 from sft_core.config import DataConfig
 from sft_core.data.formats import Segments, to_segments
 from sft_core.data.masking import IGNORE_INDEX, build_example, count_targets, truncate
+from sft_core.data.streaming import own_maps
 from sft_core.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def tokenize_rows(rows: Dataset, tokenize: RowTokenizer, *, num_proc: int, work:
         for k, span in enumerate(_chunks(rows, chunk)):
             # A chunk far smaller than the others (a held-out split's, a tail) is not worth a worker pool.
             procs = num_proc if len(span) >= min(chunk, len(rows)) // 4 else 1
-            part = (_on_new_maps(rows) if procs == 1 else rows).select(span)  # workers map the files anew
+            part = (own_maps(rows) if procs == 1 else rows).select(span)  # workers map the files anew
             parts.append(part.map(
                 tokenize, batched=True, batch_size=1000, remove_columns=part.column_names, features=TOKENIZED,
                 num_proc=procs if procs > 1 else None, cache_file_name=str(work / f"{name}-{k:05d}.arrow"),
@@ -191,14 +191,6 @@ def row_lengths(dataset: Dataset) -> list[int]:
     for table in dataset.select_columns(["input_ids"]).with_format("arrow").iter(batch_size=100_000):
         lengths += pc.list_value_length(table.column("input_ids")).to_pylist()
     return lengths
-
-
-def _on_new_maps(rows: Dataset) -> Dataset:
-    """The same rows over memory maps of their own. The pages a map has read count in the RSS of its
-    process until it is closed, so in one process a million rows' file would end up counted whole;
-    a chunk read through maps of its own lets them go when it is done. A file-backed Dataset pickles
-    as its files' paths (no data), which is how datasets hands it to workers too."""
-    return pickle.loads(pickle.dumps(rows)) if rows.cache_files else rows
 
 
 def require_rows(stats: PrepStats, name: str, seq_length: int) -> None:

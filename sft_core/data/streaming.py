@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import array
 import csv
+import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,14 @@ def _csv_as_strings(path: Path) -> dict[str, Any]:
             "na_filter": False}
 
 
+def own_maps(rows: Dataset) -> Dataset:
+    """The same rows over memory maps of their own. The pages a map has read count in the RSS of its
+    process until it is closed, so in one process a million rows' file would end up counted whole;
+    a chunk read through maps of its own lets them go when it is done. A file-backed Dataset pickles
+    as its files' paths (no data), which is how datasets hands it to workers too."""
+    return pickle.loads(pickle.dumps(rows)) if rows.cache_files else rows
+
+
 def row_values(batch: dict[str, list], i: int) -> dict[str, Any]:
     """Row ``i`` of a batch as the dict sources.py would have parsed: Arrow gives every row every key
     (None where a row lacks it, also inside chat messages), so keys holding None are left out."""
@@ -138,6 +147,8 @@ def split_rows(rows: Dataset, fraction: float, seed: int) -> tuple[Dataset, Data
 def eval_prompts(held: Dataset, cfg: DataConfig) -> list[dict[str, Any]] | None:
     """sources._prompts_with_references over the held-out rows, reading only as many rows as it keeps."""
     from sft_core.data.sources import _prompts_with_references
+
+    held = own_maps(held)  # held-out rows lie all over the file: let go of the pages read here on return
 
     metadata_columns = _metadata_columns(held, cfg)
     prompts: list[dict[str, Any]] = []
