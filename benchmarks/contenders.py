@@ -71,7 +71,7 @@ def run_ours(w: Workload, model_dir: str, train, clock: StepClock, checkpointing
                    gradient_checkpointing=checkpointing, tokens_per_pass=tokens_per_pass,
                    checkpoint_dir=str(work / "ck"), logging_dir=str(work / "logs")),
         optimizer=dict(name="adamw", kwargs=dict(lr=w.lr, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0)),
-        scheduler=dict(name="linear", warmup_steps=0, min_lr_ratio=0.0),
+        scheduler=dict(name="linear_with_warmup", warmup_steps=0, min_lr_ratio=0.0),
         method=dict(metrics=[]), data=dict(cache_dir=str(work / "cache")),
     )
 

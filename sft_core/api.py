@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
-from sft_core.config import SFTConfig, default_sft_config
+from sft_core.config import TRLConfig, default_sft_config
 from sft_core.data.prepared import prepare_from_config
 from sft_core.evaluation import build_eval_prompts
 from sft_core.metrics import MetricFn, resolve_metrics
@@ -19,10 +19,8 @@ from sft_core.trainer import AccelerateSFTTrainer, Callback
 
 logger = logging.getLogger(__name__)
 
-_RL_ARGUMENTS = ("reward_fn", "rewards", "prompts", "dataset")
 
-
-def make_accelerator(config: SFTConfig) -> Accelerator:
+def make_accelerator(config: TRLConfig) -> Accelerator:
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # Accelerate keeps process-wide state and refuses a second run in the same process
         # (a notebook, a Prefect worker) with another mixed_precision: "AcceleratorState has
@@ -38,32 +36,37 @@ def make_accelerator(config: SFTConfig) -> Accelerator:
     )
 
 
-def train(
+def train(  # noqa: PLR0913 - trlX's signature, argument for argument
     model_path: str | None = None,
+    reward_fn: Callable[..., Any] | None = None,
+    dataset: Any = None,
     samples: Sequence[Any] | None = None,
+    rewards: Sequence[float] | None = None,
+    prompts: Sequence[Any] | None = None,
     eval_prompts: Sequence[Any] | None = None,
     metric_fn: Callable[..., dict[str, Any]] | None = None,
-    config: SFTConfig | None = None,
+    config: TRLConfig | None = None,
     stop_sequences: Sequence[str] | None = None,
     *,
     eval_samples: Sequence[Any] | None = None,
     callbacks: Sequence[Callback] = (),
     trainer_cls: type[AccelerateSFTTrainer] = AccelerateSFTTrainer,
-    **rl_arguments: Any,
 ) -> AccelerateSFTTrainer:
     """Fine-tune and return the trainer (call ``.save_pretrained(dir)`` on it).
 
+    The positional order is ``trlx.train``'s. Its RL arguments (``reward_fn``, ``dataset``, ``rewards``,
+    ``prompts``) are an error here: sft_core trains supervised only.
     ``samples``: strings, [prompt, completion] pairs, alternating dialogues, or chat messages.
     Without ``samples``, ``config.data`` names the data (the embedded demo by default).
     ``eval_prompts``: strings, chat message lists, or dicts {"prompt": ..., **metadata}.
     ``metric_fn(samples=, prompts=, outputs=, **metadata)`` -> {name: list | float}.
     ``trainer_cls``: a subclass to swap in (e.g. one with another loss); trlX picks it by name.
     """
-    unknown = sorted(set(rl_arguments) - set(_RL_ARGUMENTS))
-    if unknown:
-        raise TypeError(f"train() got unexpected keyword arguments {unknown}")
-    if rl_arguments:
-        raise ValueError(f"{sorted(rl_arguments)}: RL arguments; sft_core trains supervised only (use samples=...)")
+    rl_arguments = {"reward_fn": reward_fn, "dataset": dataset, "rewards": rewards, "prompts": prompts}
+    given = sorted(name for name, value in rl_arguments.items() if value is not None)
+    if given:
+        raise ValueError(f"{given}: RL arguments of trlx.train; sft_core trains supervised only (use samples=..., "
+                         "and metric_fn for a reward to watch)")
     config = config or default_sft_config()
     if model_path is not None:
         config = config.evolve(model=dict(model_path=model_path))

@@ -8,12 +8,12 @@ import logging
 import sys
 from pathlib import Path
 
-from sft_core.config import SFTConfig, default_sft_config
+from sft_core.config import TRLConfig, default_sft_config
 from sft_core.errors import BAD_INPUT_EXIT_CODE, SFTError
 
 
-def load_config(path: str | None, overrides: list[str]) -> SFTConfig:
-    config = SFTConfig.load_yaml(path) if path else default_sft_config()
+def load_config(path: str | None, overrides: list[str]) -> TRLConfig:
+    config = TRLConfig.load_yaml(path) if path else default_sft_config()
     return config.with_overrides(overrides) if overrides else config
 
 

@@ -1,21 +1,24 @@
-"""Typed SFT config: trlX's sections and field names, validated once at the edge.
+"""Typed config: trlX's sections and field names, validated once at the edge.
 
-Every default lives here, with a one-line comment. Code below the edge receives a
-section (``config.train``, ``config.optimizer``...) and never calls ``get(key, default)``.
+``TRLConfig`` is the whole run (trlX's name); ``SFTConfig`` is its ``method`` section (trlX's SFT
+method config), a ``MethodConfig``. Every default lives here, with a one-line comment. Code below
+the edge receives a section (``config.train``, ``config.optimizer``...) and never calls ``get(key, default)``.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from sft_core.config_io import as_config_error, deep_merge, flatten, load_yaml_text
+from sft_core.config_io import parse_set_args  # noqa: F401 - callers import it from here
 from sft_core.errors import ConfigError
+from sft_core.trlx_fields import drop_rl_only_keys, leaf_keys, unflatten, unknown_hparam, warn_ignored
 
 logger = logging.getLogger(__name__)
 
@@ -26,28 +29,28 @@ EMBEDDED_DATA = "embedded:demo"
 DEFAULT_METRIC_MODULE_PREFIXES = ("sft_core.", "metrics.", "sftflow_metrics.")
 
 
-class _YamlLoader(yaml.SafeLoader):
-    """PyYAML follows YAML 1.1, which reads `1e-4` (no dot) as a string; read it as the float everyone means."""
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+"
-               r"(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF))$|^\.(?:nan|NaN|NAN)$"),
-    list("-+0123456789."),
-)
-
-
-def load_yaml_text(text: str) -> Any:
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
-
-
 class _Section(BaseModel):
     # Unknown keys are errors: a typo must not silently fall back to a default.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    section: ClassVar[str] = ""  # this section's key in TRLConfig: which trlX RL-only keys it accepts and ignores
+    _ignored: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _ignore_rl_only_keys(cls, data: Any, handler: Any) -> Any:
+        """trlX's RL-only keys (``TrainConfig(pipeline=..., trainer=...)``) load, with a warning, and are dropped."""
+        ignored: list[str] = []
+        if isinstance(data, dict):
+            data, ignored = drop_rl_only_keys(cls.section, data)
+        model = handler(data)
+        if ignored:
+            model._ignored = ignored
+            warn_ignored(ignored)
+        return model
 
 
 class ModelConfig(_Section):
+    section: ClassVar[str] = "model"
     model_path: str = Field(EMBEDDED_MODEL, description="Local HF causal-LM folder, hub name, .gguf file, "
                                                         "or 'embedded:tiny-llama'.")
     num_layers_unfrozen: int = Field(-1, ge=-1, description="Train only the top N blocks (+ head); -1 trains all.")
@@ -97,6 +100,7 @@ class ModelConfig(_Section):
 
 
 class TokenizerConfig(_Section):
+    section: ClassVar[str] = "tokenizer"
     tokenizer_path: str | None = None  # None: use model.model_path
     padding_side: Literal["left", "right"] = "right"  # for training batches; generation always pads left
     truncation_side: Literal["left", "right"] = "right"  # which end of a too-long row is cut
@@ -106,6 +110,7 @@ class TokenizerConfig(_Section):
 
 
 class TrainConfig(_Section):
+    section: ClassVar[str] = "train"
     seq_length: int = Field(64, ge=2, description="Max tokens per row; longer rows are truncated.")
     epochs: int = Field(100, ge=1)  # upper bound; total_steps usually ends the run first
     # Optimizer steps. The demo's "add" task is learned last (from ~step 1000): at 1500 the run ended
@@ -113,6 +118,10 @@ class TrainConfig(_Section):
     # on 2 AMD EPYC cores (2200 gave 0.98-1.0 but up to 181 s: over the demo's 3-minute budget). benchmarks.demo_seeds
     total_steps: int = Field(2000, ge=1)
     batch_size: int = Field(64, ge=1, description="Rows per micro-batch, per process.")
+    # trlX's: run each batch as batch_size/minibatch_size forward/backward passes of this many rows, whose
+    # gradients add up to the batch's update. Set, it decides the passes and tokens_per_pass is not applied;
+    # gradient_accumulation_steps still gathers that many batches per optimizer step. None: tokens_per_pass decides.
+    minibatch_size: int | None = Field(None, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)  # micro-batches per optimizer step
     max_grad_norm: float | None = Field(1.0, gt=0)  # None disables clipping
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16 autocast works on AVX-512 CPUs
@@ -120,14 +129,24 @@ class TrainConfig(_Section):
     eval_interval: int = Field(500, ge=1)  # optimizer steps between evaluations (also at 0 and at the end)
     log_interval: int = Field(10, ge=1)  # optimizer steps between tracker writes
     checkpoint_dir: str = "runs/sft/checkpoints"  # step-N/ and best/ are written here
-    logging_dir: str = "runs/sft/logs"  # metrics.jsonl, eval samples, loss curve
+    logging_dir: str = "runs/sft/logs"  # metrics.jsonl, eval samples, loss curve; trlX's None means this default
     save_total_limit: int | None = Field(2, ge=1)  # keep the newest N step checkpoints; None keeps all
     save_best: bool = True  # keep best/ by best_metric
-    best_metric: str | None = None  # e.g. "exact_match"; None: eval/loss when held-out samples exist
+    # e.g. "exact_match". None: as trlX, the mean "reward" when metric_fn returns one, else eval/loss if any
+    best_metric: str | None = None
     best_mode: Literal["max", "min"] | None = None  # None: "min" for losses, "max" otherwise
     seed: int = 1000  # trlX's default seed
-    tracker: Literal["jsonl", "mlflow", "tensorboard"] | None = "jsonl"  # metrics.jsonl is always written
+    # metrics.jsonl is always written. "wandb" (trlX's default) goes through Accelerate's W&B tracker; needs wandb
+    tracker: Literal["jsonl", "mlflow", "tensorboard", "wandb"] | None = "jsonl"
     resume_from_checkpoint: str | None = None  # a step-N folder, or "latest" under checkpoint_dir
+    save_optimizer: bool = True  # false: checkpoints hold no optimizer state; a resume starts the optimizer fresh
+    # trlX's W&B fields, used when tracking.* leaves them unset: project_name -> MLflow experiment,
+    # run_name -> run name, entity_name/group_name -> run tags "entity"/"group", tags -> run tags (value "")
+    project_name: str | None = None
+    run_name: str | None = None
+    entity_name: str | None = None
+    group_name: str | None = None
+    tags: list[str] = Field(default_factory=list)
     on_nonfinite_loss: Literal["raise", "skip"] = "raise"  # a NaN/inf loss stops the run, or skips the batch
     packing: bool = True  # lay each batch's rows into seq_length blocks (no row split, no cross-row attention)
     # Trade compute for activation memory. true: recompute each block in backward (~1/3 more compute,
@@ -140,8 +159,22 @@ class TrainConfig(_Section):
     tokens_per_pass: Annotated[int, Field(ge=1, strict=True)] | Literal["auto"] | None = "auto"  # strict: true is no 1
     group_by_length: bool = False  # batch rows of similar length; beware: can make batches single-task
 
+    @field_validator("logging_dir", "tags", mode="before")
+    @classmethod
+    def _trlx_none(cls, v: Any, info: Any) -> Any:
+        """trlX writes None for "not set" here; it means our default."""
+        return cls.model_fields[info.field_name].get_default(call_default_factory=True) if v is None else v
+
+    @model_validator(mode="after")
+    def _minibatch_divides_batch(self) -> TrainConfig:
+        if self.minibatch_size is not None and self.batch_size % self.minibatch_size:
+            raise ValueError(f"train.minibatch_size ({self.minibatch_size}) must divide train.batch_size "
+                             f"({self.batch_size}), as in trlX")
+        return self
+
 
 class OptimizerConfig(_Section):
+    section: ClassVar[str] = "optimizer"
     name: Literal["adamw", "adam", "sgd"] = "adamw"
     # weight_decay 0.1: the usual AdamW value, for the demo's held-out sums (tried with total_steps 2000-2200, not alone)
     kwargs: dict[str, Any] = Field(default_factory=lambda: dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1))
@@ -160,19 +193,60 @@ class OptimizerConfig(_Section):
         return v
 
 
+# Our schedules were called "cosine" and "constant" before trlX's names took "linear"; the old names still load.
+DEPRECATED_SCHEDULES = {"cosine": "cosine_with_warmup", "constant": "constant_with_warmup"}
+TRLX_SCHEDULES = ("cosine_annealing", "linear")  # torch's schedulers as trlX builds them: kwargs, no warmup
+DEFAULT_WARMUP_STEPS = 50  # the *_with_warmup schedules' warmup when scheduler.warmup_steps is unset
+
+
 class SchedulerConfig(_Section):
-    # Transformers' schedules (constant_with_warmup, linear, cosine_with_min_lr): warmup, then
-    # constant: lr; linear: decay to 0 at total_steps; cosine: cosine decay to min_lr_ratio*lr at total_steps.
-    # cosine_annealing: trlX's, torch's CosineAnnealingLR(**kwargs) with T_max (default total_steps)
-    # and eta_min (default 0); no warmup, as in trlX.
-    name: Literal["constant", "linear", "cosine", "cosine_annealing"] = "cosine"
-    warmup_steps: int = Field(50, ge=0)  # optimizer steps of linear warmup from LR 0; not for cosine_annealing
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # floor of the cosine decay, relative to lr; cosine only
-    kwargs: dict[str, Any] = Field(default_factory=dict)  # cosine_annealing's T_max, eta_min; an error for the others
+    section: ClassVar[str] = "scheduler"
+    # trlX's, built as trlX builds them, torch's class(optimizer, **kwargs), no warmup:
+    #   cosine_annealing: CosineAnnealingLR with T_max (default: total_steps; torch has none) and eta_min (default 0);
+    #   linear: LinearLR with start_factor, end_factor, total_iters (torch's defaults 1/3, 1.0, 5).
+    # Ours, Transformers' schedules after a linear warmup from 0: cosine_with_warmup decays to
+    # min_lr_ratio*lr at total_steps, linear_with_warmup to 0, constant_with_warmup stays at lr.
+    name: Literal["cosine_with_warmup", "linear_with_warmup", "constant_with_warmup", "cosine_annealing",
+                  "linear"] = "cosine_with_warmup"
+    # Optimizer steps of linear warmup from LR 0 (*_with_warmup only). None: 50 (DEFAULT_WARMUP_STEPS) for them.
+    warmup_steps: int | None = Field(None, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # floor of the cosine decay, relative to lr; cosine_with_warmup only
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # trlX's schedules' constructor kwargs; an error for ours
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _renamed(cls, v: Any) -> Any:
+        if v in DEPRECATED_SCHEDULES:
+            logger.warning("scheduler.name %r is deprecated: it is now called %r (same schedule)", v,
+                           DEPRECATED_SCHEDULES[v])
+            return DEPRECATED_SCHEDULES[v]
+        return v
+
+    @model_validator(mode="after")
+    def _no_warmup_for_trlx_schedules(self) -> SchedulerConfig:
+        if self.name in TRLX_SCHEDULES and self.warmup_steps:
+            raise ValueError(f"scheduler.warmup_steps: trlX's {self.name} has no warmup; use "
+                             f"{self.name.replace('_annealing', '')}_with_warmup for a warmup")
+        return self
+
+    @property
+    def warmup(self) -> int:
+        """The warmup in optimizer steps: 0 for trlX's schedules."""
+        if self.name in TRLX_SCHEDULES:
+            return 0
+        return DEFAULT_WARMUP_STEPS if self.warmup_steps is None else self.warmup_steps
 
 
 class MethodConfig(_Section):
+    """trlX's base of method configs: just the method's name."""
+
+    section: ClassVar[str] = "method"
     name: str = "sftconfig"  # trlX's method name; RL method names load but their fields are ignored
+
+
+class SFTConfig(MethodConfig):
+    """trlX's SFT method config (``name="sftconfig"``, ``gen_kwargs``), plus our evaluation settings."""
+
     gen_kwargs: dict[str, Any] = Field(
         default_factory=lambda: dict(max_new_tokens=16, do_sample=False)
     )  # a list value runs a sweep over that key, as in trlX
@@ -192,6 +266,7 @@ class MethodConfig(_Section):
 
 
 class DataConfig(_Section):
+    section: ClassVar[str] = "data"
     path: str | None = EMBEDDED_DATA  # file, folder, hub name or "embedded:demo"; unused when train() gets samples
     format: Literal["auto", "text", "pairs", "dialogue", "chat"] = "auto"  # how rows become samples
     text_column: str = "text"
@@ -212,77 +287,72 @@ class DataConfig(_Section):
 
 
 class TrackingConfig(_Section):
+    section: ClassVar[str] = "tracking"
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
-    experiment_name: str = "sftflow"
-    run_name: str | None = None
+    experiment_name: str | None = None  # None: train.project_name (trlX's), else "sftflow"
+    run_name: str | None = None  # None: train.run_name (trlX's)
     run_id: str | None = None  # log into this existing MLflow run (the pipeline creates one per flow run)
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)  # plus train.entity_name/group_name/tags (trlX's)
     registered_model_name: str | None = None  # register the exported model under this name
     registered_model_alias: str = "candidate"
     log_samples: int = Field(32, ge=0)  # eval samples logged as a table
 
 
 class DistributedConfig(_Section):
+    section: ClassVar[str] = "distributed"
     num_processes: int = Field(1, ge=1)  # >1 launches a child through torchrun
     accelerate_config: Literal["single", "ddp", "zero2", "zero3"] | str = "single"  # shipped name or a YAML path
     use_cpu: bool = False  # force CPU even where a GPU is present (CPU DDP runs over gloo)
 
 
-# trlX configs carry keys for RL pipelines. We accept them so a trlX YAML loads, and say they are ignored.
-RL_ONLY_KEYS: dict[str, set[str]] = {
-    "": {"pipeline", "orchestrator"},
-    "train": {
-        "pipeline", "orchestrator", "trainer", "trainer_kwargs", "rollout_logging_dir", "project_name",
-        "entity_name", "group_name", "tags", "minibatch_size", "save_optimizer",
-    },
-    "method": {
-        "num_rollouts", "chunk_size", "ppo_epochs", "init_kl_coef", "target", "horizon", "gamma", "lam",
-        "cliprange", "cliprange_value", "vf_coef", "scale_reward", "ref_mean", "ref_std", "cliprange_reward",
-        "gen_experience_kwargs", "num_value_layers_unfrozen", "tau", "cql_scale", "awac_scale", "alpha",
-        "beta", "steps_for_target_q_sync", "two_qs", "num_train_sequences",
-    },
-    "model": {"num_value_layers_unfrozen"},
-}
-
-
-class SFTConfig(_Section):
-    """The whole run: trlX's sections plus data, tracking and distributed."""
+class TRLConfig(_Section):
+    """The whole run (trlX's name for it): trlX's six sections plus data, tracking and distributed."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    method: MethodConfig = Field(default_factory=MethodConfig)
+    method: SFTConfig = Field(default_factory=SFTConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
-    _ignored_keys: list[str] = PrivateAttr(default_factory=list)
-
     @property
     def ignored_keys(self) -> list[str]:
-        """trlX RL-only keys that were present in the input and ignored."""
-        return list(self._ignored_keys)
+        """trlX RL-only keys that were present in the input and ignored (dotted)."""
+        sections = [getattr(self, name) for name in type(self).model_fields]
+        return self._ignored + [key for section in sections for key in section._ignored]
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> SFTConfig:
+    def from_dict(cls, raw: dict[str, Any]) -> TRLConfig:
         """Validate a nested dict; errors name the dotted field (``train.batch_size``)."""
         if not isinstance(raw, dict):
             raise ConfigError("<config>", f"expected a mapping of sections, got {type(raw).__name__}")
-        cleaned, ignored = _drop_rl_only_keys(raw)
         try:
-            config = cls.model_validate(cleaned)
+            return cls.model_validate(raw)  # each section drops (and reports) trlX's RL-only keys itself
         except ValidationError as err:
-            raise _as_config_error(err) from None
-        config._ignored_keys = ignored
-        if ignored:
-            logger.warning("Ignoring trlX RL-only config keys (not used by SFT): %s", ", ".join(ignored))
-        return config
+            raise as_config_error(err) from None
 
     @classmethod
-    def load_yaml(cls, path: str | Path) -> SFTConfig:
+    def update(cls, base: TRLConfig | dict[str, Any], hparams: dict[str, Any]) -> TRLConfig:
+        """trlX's sweep merge: ``TRLConfig.update(config_or_dict, {"optimizer.kwargs.lr": 1e-4})``.
+
+        ``hparams`` keys are dotted paths or nested dicts. A key the config does not have raises
+        ValueError (our ConfigError) naming it, as trlX does; keys below a free-form dict
+        (``optimizer.kwargs``, ``method.gen_kwargs``) are the dict's own.
+        """
+        config = base if isinstance(base, TRLConfig) else cls.from_dict(copy.deepcopy(base))
+        nested = unflatten(hparams)
+        for dotted in leaf_keys(nested):
+            problem = unknown_hparam(cls, dotted)
+            if problem:
+                raise ConfigError(dotted, problem)
+        return config.evolve(**nested)
+
+    @classmethod
+    def load_yaml(cls, path: str | Path) -> TRLConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError("<config>", f"config file not found: {path}")
@@ -307,7 +377,7 @@ class SFTConfig(_Section):
         return self.model_dump(mode="json")
 
     # -- derivation ---------------------------------------------------------------------------
-    def evolve(self, **sections: dict[str, Any]) -> SFTConfig:
+    def evolve(self, **sections: dict[str, Any]) -> TRLConfig:
         """A new config with ``sections`` deep-merged in: ``config.evolve(train=dict(batch_size=4))``.
 
         One exception: switching ``optimizer.name`` or ``scheduler.name`` does not carry the old
@@ -315,14 +385,17 @@ class SFTConfig(_Section):
         them, and without any only the optimizer's lr and weight_decay carry over.
         """
         base = self.to_dict()
+        sections = {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in sections.items()}
         for section, keep in (("optimizer", ("lr", "weight_decay")), ("scheduler", ())):
             update = sections.get(section)
             if isinstance(update, dict) and update.get("name", base[section]["name"]) != base[section]["name"]:
                 base[section]["kwargs"] = {k: v for k, v in base[section]["kwargs"].items()
                                            if k in keep and "kwargs" not in update}
-        return type(self).from_dict(_deep_merge(base, sections))
+                if section == "scheduler":  # a warmup set for the old schedule is not one for the new
+                    base[section]["warmup_steps"] = None
+        return type(self).from_dict(deep_merge(base, sections))
 
-    def with_overrides(self, overrides: dict[str, Any] | list[str]) -> SFTConfig:
+    def with_overrides(self, overrides: dict[str, Any] | list[str]) -> TRLConfig:
         """Apply dotted overrides: ``{"train.batch_size": 4}`` or ``["train.batch_size=4"]``."""
         if isinstance(overrides, list):
             overrides = parse_set_args(overrides)
@@ -341,79 +414,10 @@ class SFTConfig(_Section):
 
     def flat(self) -> dict[str, Any]:
         """Dotted key -> scalar, for trackers (MLflow params)."""
-        return _flatten(self.to_dict())
+        return flatten(self.to_dict())
 
 
-def default_sft_config() -> SFTConfig:
-    """The embedded demo: a tiny Llama learning short instruction tasks, offline, in minutes on a CPU."""
-    return SFTConfig()
-
-
-def parse_set_args(items: list[str]) -> dict[str, Any]:
-    """``["train.batch_size=4", "method.gen_kwargs={max_new_tokens: 8}"]`` -> typed dict (YAML scalars)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(item, "expected --set SECTION.FIELD=VALUE")
-        try:
-            out[key.strip()] = load_yaml_text(value) if value.strip() else None
-        except yaml.YAMLError:
-            out[key.strip()] = value
-    return out
-
-
-# -- helpers ------------------------------------------------------------------------------------
-def _drop_rl_only_keys(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    cleaned = copy.deepcopy(raw)
-    ignored: list[str] = []
-    for key in list(cleaned):
-        if key in RL_ONLY_KEYS[""]:
-            cleaned.pop(key)
-            ignored.append(key)
-    for section, keys in RL_ONLY_KEYS.items():
-        body = cleaned.get(section) if section else None
-        if isinstance(body, dict):
-            for key in sorted(set(body) & keys):
-                body.pop(key)
-                ignored.append(f"{section}.{key}")
-    return cleaned, ignored
-
-
-def _as_config_error(err: ValidationError) -> ConfigError:
-    first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "<config>"
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        section = ".".join(str(p) for p in first["loc"][:-1]) or "top level"
-        msg = f"unknown key {first['loc'][-1]!r} in section {section!r}"
-    elif "input" in first and first["type"] not in ("missing",):
-        msg = f"{msg} (got {first['input']!r})"
-    more = len(err.errors()) - 1
-    if more:
-        others = ", ".join(".".join(str(p) for p in e["loc"]) for e in err.errors()[1:4])
-        msg += f"; {more} more error(s) at {others}"
-    return ConfigError(field, msg)
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, BaseModel):
-            value = value.model_dump(mode="json")
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))  # an empty dict adds nothing
-        else:
-            out[name] = value
-    return out
+def default_sft_config() -> TRLConfig:
+    """Our defaults, the embedded demo: a tiny Llama learning short instruction tasks, offline, in minutes
+    on a CPU. (trlX's SFT defaults: ``sft_core.data.default_configs.default_sft_config``.)"""
+    return TRLConfig()

@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 from datasets import Dataset
 
-from sft_core.config import MethodConfig
+from sft_core.config import SFTConfig
 from sft_core.data.batching import collate, contiguous_slice, pack
 from sft_core.data.formats import prompt_segments
 from sft_core.data.prepare import encode_prompt
@@ -66,7 +66,7 @@ def build_eval_prompts(eval_prompts: Sequence[Any], tokenizer: Any) -> EvalPromp
 
 
 class Evaluator:
-    def __init__(self, accelerator: Accelerator, tokenizer: Any, method: MethodConfig, *,
+    def __init__(self, accelerator: Accelerator, tokenizer: Any, method: SFTConfig, *,
                  eval_data: Dataset | None, prompts: EvalPrompts | None, metric_fns: Sequence[MetricFn],
                  batch_size: int, pad_id: int, log_samples: int, synced_gpus: bool = False):
         self.accelerator = accelerator
@@ -151,9 +151,10 @@ class Evaluator:
 
 
 def resolve_best_metric(configured: str | None, metrics: dict[str, float]) -> str | None:
-    """The eval metric that picks best/: train.best_metric (bare or as metrics/NAME), else eval/loss if any."""
+    """The eval metric that picks best/: train.best_metric (bare or as metrics/NAME); unset, trlX's rule
+    (the mean reward, when metric_fn returns "reward"), else eval/loss if any."""
     if configured is None:
-        return "eval/loss" if "eval/loss" in metrics else None
+        return next((name for name in ("metrics/reward", "eval/loss") if name in metrics), None)
     for candidate in (configured, f"metrics/{configured}"):
         if candidate in metrics:
             return candidate

@@ -12,7 +12,7 @@ import logging
 import math
 from typing import Any, Callable, Sequence
 
-from sft_core.config import DEFAULT_METRIC_MODULE_PREFIXES, MethodConfig
+from sft_core.config import DEFAULT_METRIC_MODULE_PREFIXES, SFTConfig
 from sft_core.errors import MetricError
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def resolve_metric(ref: str, allowed_prefixes: Sequence[str] = DEFAULT_METRIC_MO
     return fn
 
 
-def resolve_metrics(method: MethodConfig) -> list[MetricFn]:
+def resolve_metrics(method: SFTConfig) -> list[MetricFn]:
     """``method.metrics`` as functions: a typo fails here, in seconds, not after an hour of training."""
     return [resolve_metric(ref, method.metric_module_prefixes) for ref in method.metrics]
 

@@ -23,7 +23,8 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sft_core.checkpoint import list_checkpoints
-from sft_core.config import DistributedConfig, SFTConfig
+from sft_core.config import DistributedConfig, TRLConfig
+from sft_core.trlx_fields import resolve_tracking
 from sft_core.data.prepared import PreparedData, is_prepared, prepare_from_config, save_prepared
 from sft_core.data.sources import fingerprint_source
 from sft_core.errors import BAD_INPUT_EXIT_CODE, SFTError
@@ -68,7 +69,7 @@ class Run(BaseModel):
 
     name: str
     root: str
-    config: SFTConfig
+    config: TRLConfig
     launch: Launch = Field(default_factory=Launch)
     data_key: str  # content hash of everything that decides the tokenized data
     prepared_root: str
@@ -87,7 +88,7 @@ class Run(BaseModel):
         return self.config.tracking.run_id
 
 
-def start_run(config: SFTConfig, *, name: str, runs_dir: str | Path = "runs",
+def start_run(config: TRLConfig, *, name: str, runs_dir: str | Path = "runs",
               launch: Literal["auto", "in_process", "subprocess"] = "auto", train_timeout_s: float | None = None,
               export: Literal["final", "best"] = "final", tags: dict[str, str] | None = None,
               reuse_tag: str | None = None) -> Run:
@@ -101,8 +102,9 @@ def start_run(config: SFTConfig, *, name: str, runs_dir: str | Path = "runs",
     layout = RunLayout(runs_dir / name)
     launch_as = Launch.choose(config.distributed, mode=launch, timeout_s=train_timeout_s)
     tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
-    run_id = open_mlflow_run(tracking_uri, config.tracking.experiment_name, name, {**(tags or {}),
-                             **config.tracking.tags}, reuse_tag=reuse_tag)
+    tracking = resolve_tracking(config)  # trlX's train.project_name & co. where tracking.* is unset
+    run_id = open_mlflow_run(tracking_uri, tracking.experiment_name, name, {**(tags or {}), **tracking.tags},
+                             reuse_tag=reuse_tag)
     config = config.evolve(
         train=dict(checkpoint_dir=str(layout.checkpoints), logging_dir=str(layout.logs),
                    resume_from_checkpoint="latest", tracker="mlflow" if run_id else "jsonl"),
@@ -113,7 +115,7 @@ def start_run(config: SFTConfig, *, name: str, runs_dir: str | Path = "runs",
                data_key=data_cache_key(config), prepared_root=str(runs_dir / PREPARED_DIR))
 
 
-def data_cache_key(config: SFTConfig) -> str:
+def data_cache_key(config: TRLConfig) -> str:
     """Everything that decides the tokenized data, and nothing else: a new learning rate hits the cache."""
     decides = dict(
         data=config.data.model_dump(mode="json", exclude={"cache_dir", "num_proc"}),
@@ -237,7 +239,7 @@ def fail_run(root: str | Path) -> None:
     layout = RunLayout(Path(root))
     if not layout.config.is_file():
         return  # the run never started: nothing was created
-    tracking = SFTConfig.load_yaml(layout.config).tracking
+    tracking = TRLConfig.load_yaml(layout.config).tracking
     if not list_checkpoints(layout.checkpoints) and not layout.model.exists():
         shutil.rmtree(layout.root, ignore_errors=True)
     if tracking.run_id and tracking.tracking_uri:
@@ -247,7 +249,7 @@ def fail_run(root: str | Path) -> None:
         mlflow.MlflowClient(tracking.tracking_uri).set_terminated(tracking.run_id, "FAILED")
 
 
-def record_training_data(config: SFTConfig, data: PreparedData) -> None:
+def record_training_data(config: TRLConfig, data: PreparedData) -> None:
     """The tokenized training set on the MLflow run (schema, digest, source), through ``mlflow.data``."""
     from datasets import load_from_disk
 

@@ -1,4 +1,4 @@
-"""Where metrics go: always a local metrics.jsonl, plus MLflow or TensorBoard when configured.
+"""Where metrics go: always a local metrics.jsonl, plus MLflow, TensorBoard or W&B when configured.
 
 Only the main process tracks. A tracker that fails (say, an unreachable MLflow server) warns once
 and is switched off; training goes on, and metrics.jsonl keeps everything for a later sync.
@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from sft_core.config import SFTConfig
+from sft_core.config import TRLConfig
 from sft_core.errors import ConfigError
 from sft_core.layout import EVAL_SAMPLES_FILE, METRICS_FILE, PARAMS_FILE
+from sft_core.trlx_fields import resolve_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def read_history(metrics_path: str | Path) -> list[dict[str, Any]]:
 class MLflowTracker:
     """Logs through an MlflowClient bound to one run id: no process-global "active run"."""
 
-    def __init__(self, config: SFTConfig):
+    def __init__(self, config: TRLConfig):
         import mlflow
 
         self.mlflow = mlflow
@@ -86,10 +87,11 @@ class MLflowTracker:
         if self.owns_run:
             self._guard("start the run", lambda: self._start(config))
 
-    def _start(self, config: SFTConfig) -> None:
+    def _start(self, config: TRLConfig) -> None:
         probe_tracking_server(self.tracking_uri)
-        experiment_id = ensure_experiment(config.tracking.experiment_name, self.tracking_uri)
-        run = self.client.create_run(experiment_id, run_name=config.tracking.run_name, tags=config.tracking.tags)
+        tracking = resolve_tracking(config)  # trlX's train.project_name & co. where tracking.* is unset
+        experiment_id = ensure_experiment(tracking.experiment_name, self.tracking_uri)
+        run = self.client.create_run(experiment_id, run_name=tracking.run_name, tags=tracking.tags)
         self.run_id = run.info.run_id
 
     def _guard(self, what: str, call: Callable[[], Any]) -> None:
@@ -166,6 +168,55 @@ class TensorBoardTracker:
         self.writer.close()
 
 
+class WandbTracker:
+    """trlX's default tracker, through Accelerate's W&B tracker. Offline (WANDB_MODE=offline, files under
+    logging_dir/wandb) when WANDB_MODE is unset and no W&B server answers."""
+
+    def __init__(self, config: TRLConfig):
+        try:
+            import wandb  # noqa: F401 - only to fail early, naming the field and the install
+        except ImportError:
+            raise ConfigError("train.tracker", "'wandb' needs the wandb package: pip install wandb "
+                                               "(or set train.tracker to jsonl, mlflow or tensorboard)") from None
+        from accelerate.tracking import WandBTracker
+
+        if "WANDB_MODE" not in os.environ and not _reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")):
+            os.environ["WANDB_MODE"] = "offline"
+            logger.info("No W&B server answers: logging to W&B offline (wandb sync %s later)", config.train.logging_dir)
+        tracking = resolve_tracking(config)
+        self.tracker = WandBTracker(tracking.experiment_name, name=tracking.run_name,
+                                    entity=config.train.entity_name, group=config.train.group_name,
+                                    tags=config.train.tags or None, dir=config.train.logging_dir)
+        self.tracker.start()
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.tracker.store_init_configuration(redact_params(params))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.tracker.log(metrics, step=step)
+
+    def log_samples(self, rows: list[dict[str, Any]], step: int) -> None:
+        if rows:
+            columns = list(rows[0])
+            self.tracker.log_table("eval_samples", columns=columns, data=[[r.get(c) for c in columns] for r in rows],
+                                   step=step)
+
+    def log_artifact(self, path: Path) -> None:
+        pass  # already on local disk
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.tracker.finish()
+
+
+def _reachable(url: str, timeout_s: float = 2.0) -> bool:
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname or "localhost", parts.port or 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
 class Trackers:
     """Fans every call out to the configured trackers."""
 
@@ -183,7 +234,7 @@ class Trackers:
         return next((t.run_id for t in self.trackers if isinstance(t, MLflowTracker)), None)
 
 
-def build_trackers(config: SFTConfig, is_main_process: bool) -> Trackers:
+def build_trackers(config: TRLConfig, is_main_process: bool) -> Trackers:
     if not is_main_process:
         return Trackers([])
     trackers: list[Tracker] = [JsonlTracker(config.train.logging_dir)]
@@ -191,6 +242,8 @@ def build_trackers(config: SFTConfig, is_main_process: bool) -> Trackers:
         trackers.append(MLflowTracker(config))
     elif config.train.tracker == "tensorboard":
         trackers.append(TensorBoardTracker(config.train.logging_dir))
+    elif config.train.tracker == "wandb":
+        trackers.append(WandbTracker(config))
     return Trackers(trackers)
 
 

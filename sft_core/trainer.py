@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sft_core.checkpoint import (TrainerState, checkpoint_path, list_checkpoints, load_checkpoint, resolve_resume,
                                  rotate_checkpoints, save_checkpoint, topmost_missing)
-from sft_core.config import SFTConfig
+from sft_core.config import TRLConfig
 from sft_core.data.batching import BatchPosition, EpochBatchSampler, micro_batches
 from sft_core.data.prepare import row_lengths
 from sft_core.deepspeed_glue import setup_deepspeed
@@ -79,7 +79,7 @@ class TrainSummary(BaseModel):
 class AccelerateSFTTrainer:
     def __init__(
         self,
-        config: SFTConfig,
+        config: TRLConfig,
         *,
         accelerator: Accelerator,
         model: torch.nn.Module,
@@ -101,6 +101,9 @@ class AccelerateSFTTrainer:
                                          rank=accelerator.process_index, world_size=accelerator.num_processes)
         self.total_steps = self._total_steps()
         deepspeed = setup_deepspeed(accelerator, train)
+        if deepspeed.enabled and train.minibatch_size not in (None, train.batch_size):
+            raise ConfigError("train.minibatch_size", "DeepSpeed runs one pass per micro-batch; lower "
+                              "train.batch_size and raise gradient_accumulation_steps instead")
         self.tokens_per_pass = resolve_tokens_per_pass(train.tokens_per_pass, model,
                                                        on_cpu=accelerator.device.type == "cpu",
                                                        deepspeed=deepspeed.enabled)
@@ -228,13 +231,15 @@ class AccelerateSFTTrainer:
         return loss_sum
 
     def save(self, directory: str | Path | None = None) -> Path:
-        """A full checkpoint (weights, optimizer, scheduler, RNG, data position) for resuming."""
+        """A full checkpoint (weights, optimizer, scheduler, RNG, data position) for resuming; without
+        the optimizer's state when train.save_optimizer is false (trlX's switch: a third of the size with Adam)."""
         if not self._weights_are_finite():
             raise TrainingError(f"non-finite weights after step {self.state.step} (the update diverged); not saved. "
                                 f"{self._last_good_checkpoint()} Lower optimizer.kwargs.lr or set train.max_grad_norm")
         self.state.scheduler = self.scheduler.state_dict()
         path = Path(directory) if directory else checkpoint_path(self.checkpoint_dir, self.state.step)
-        path = save_checkpoint(self.accelerator, path, asdict(self.state), self.config.to_yaml())
+        path = save_checkpoint(self.accelerator, path, asdict(self.state), self.config.to_yaml(),
+                               save_optimizer=self.config.train.save_optimizer)
         if self.accelerator.is_main_process and directory is None:
             rotate_checkpoints(self.checkpoint_dir, self.config.train.save_total_limit)
         self._emit("checkpoint", {"step": self.state.step, "path": str(path)})
@@ -277,7 +282,8 @@ class AccelerateSFTTrainer:
         passes = micro_batches(columns["input_ids"], columns["labels"], self.tokenizer.pad_token_id,
                                max_tokens=self.tokens_per_pass,
                                block_len=self.config.train.seq_length if self.config.train.packing else None,
-                               padding_side=self.config.tokenizer.padding_side)
+                               padding_side=self.config.tokenizer.padding_side,
+                               max_rows=self.config.train.minibatch_size)
         batches = []
         for pass_rows, batch in passes:
             batch["n_targets"] = sum(columns["num_targets"][i] for i in pass_rows)

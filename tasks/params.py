@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from sft_core.config import SFTConfig, default_sft_config
+from sft_core.config import TRLConfig, default_sft_config
 
 FLOW_RUN_TAG = "prefect.flow_run_id"  # on the MLflow run: a retried flow run finds the run it opened
 
@@ -79,9 +79,9 @@ class PipelineConfig(BaseModel):
                                     "tracking.registered_model_name (the demo's: none, log without registering).")
     model_alias: str = Field("candidate", description="Alias set on the new model version.")
 
-    def to_sft_config(self) -> SFTConfig:
+    def to_sft_config(self) -> TRLConfig:
         """The sft_core config this run trains with: its base YAML (or the demo) plus the form's fields."""
-        base = SFTConfig.load_yaml(self.config_path) if self.config_path else default_sft_config()
+        base = TRLConfig.load_yaml(self.config_path) if self.config_path else default_sft_config()
         return base.with_overrides(self.config_overrides())
 
     @property

@@ -18,13 +18,13 @@ import pytest
 import torch
 
 from conftest import small_run, tiny_config
-from sft_core import ConfigError, DataError, MetricError, ModelLoadError, SFTConfig, train
+from sft_core import ConfigError, DataError, MetricError, ModelLoadError, TRLConfig, train
 from sft_core.embedded import save_embedded_model
 from sft_core.errors import SFTError
 
 
 # -- the workspace a case runs in -----------------------------------------------------------------
-def config(ws: Path, **sections: Any) -> SFTConfig:
+def config(ws: Path, **sections: Any) -> TRLConfig:
     """A seconds-long run writing under ws/run; the tokenized-data cache lives outside it."""
     base = tiny_config(ws / "run", train=dict(total_steps=4, eval_interval=2, checkpoint_interval=2),
                        data=dict(cache_dir=str(ws / "cache")))
@@ -105,7 +105,7 @@ def train_on_file(name: str, content: str | bytes, **data: Any) -> Callable[[Pat
 
 def train_with(**kwargs: Any) -> Callable[[Path], Any]:
     """train() on the embedded demo with extra arguments, or config sections given as dicts."""
-    sections = {k: kwargs.pop(k) for k in list(kwargs) if k in SFTConfig.model_fields}
+    sections = {k: kwargs.pop(k) for k in list(kwargs) if k in TRLConfig.model_fields}
     return lambda ws: train(config=config(ws, **sections), **kwargs)
 
 
@@ -146,9 +146,9 @@ CASES = [
     # config
     Case("wrong-value-type", lambda ws: config(ws, train=dict(batch_size="many")), ConfigError,
          ("train.batch_size",)),
-    Case("unknown-key", lambda ws: SFTConfig.from_dict({"train": {"batchsize": 8}}), ConfigError,
+    Case("unknown-key", lambda ws: TRLConfig.from_dict({"train": {"batchsize": 8}}), ConfigError,
          ("train.batchsize",)),
-    Case("unknown-section", lambda ws: SFTConfig.from_dict({"trainer": {"batch_size": 8}}), ConfigError,
+    Case("unknown-section", lambda ws: TRLConfig.from_dict({"trainer": {"batch_size": 8}}), ConfigError,
          ("trainer",)),
     Case("zero-batch-size", lambda ws: config(ws, train=dict(batch_size=0)), ConfigError, ("train.batch_size",)),
     Case("negative-learning-rate", lambda ws: config(ws, optimizer=dict(kwargs=dict(lr=-1))), ConfigError,
@@ -157,7 +157,7 @@ CASES = [
          ("data.eval_fraction",)),
     Case("accumulation-beyond-data", train_with(train=dict(gradient_accumulation_steps=10_000, epochs=1)),
          ConfigError, ("train.gradient_accumulation_steps",)),
-    Case("malformed-yaml", lambda ws: SFTConfig.load_yaml(write(ws, "c.yaml", "train:\n  batch_size: [1,\n")),
+    Case("malformed-yaml", lambda ws: TRLConfig.load_yaml(write(ws, "c.yaml", "train:\n  batch_size: [1,\n")),
          ConfigError, ("c.yaml", "line")),
     Case("set-without-equals", lambda ws: config(ws).with_overrides(["train.batch_size"]), ConfigError,
          ("train.batch_size",)),

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from sft_core import ConfigError, SFTConfig, default_sft_config
+from sft_core import ConfigError, TRLConfig, default_sft_config
 from sft_core.config import EMBEDDED_MODEL, parse_set_args
 
 TRLX_SFT_YAML = """
@@ -67,7 +67,7 @@ def test_exponent_floats_without_a_dot_are_floats(tmp_path):
         "optimizer.kwargs.lr": 1e-4, "train.max_grad_norm": 50.0, "data.filter": "1e"}
     path = tmp_path / "c.yaml"
     path.write_text("optimizer:\n  kwargs: {lr: 3e-4, eps: 1e-8}\n")
-    assert SFTConfig.load_yaml(path).optimizer.kwargs == {"lr": 3e-4, "eps": 1e-8}
+    assert TRLConfig.load_yaml(path).optimizer.kwargs == {"lr": 3e-4, "eps": 1e-8}
 
 
 def test_switching_optimizer_drops_the_old_optimizers_kwargs():
@@ -81,13 +81,13 @@ def test_switching_optimizer_drops_the_old_optimizers_kwargs():
 def test_yaml_round_trip(tmp_path):
     config = default_sft_config().evolve(train=dict(batch_size=3), method=dict(stop_sequences=["\n"]))
     path = config.save_yaml(tmp_path / "c.yaml")
-    assert SFTConfig.load_yaml(path) == config
+    assert TRLConfig.load_yaml(path) == config
 
 
 def test_trlx_yaml_loads_and_reports_rl_only_keys(tmp_path, caplog):
     path = tmp_path / "trlx.yml"
     path.write_text(TRLX_SFT_YAML)
-    config = SFTConfig.load_yaml(path)
+    config = TRLConfig.load_yaml(path)
     assert config.train.seq_length == 1024 and config.model.model_path == "gpt2"
     assert config.scheduler.name == "cosine_annealing" and config.train.tracker is None
     assert set(config.ignored_keys) == {"train.pipeline", "train.trainer", "method.num_rollouts", "method.init_kl_coef"}
@@ -104,7 +104,7 @@ def test_trlx_yaml_loads_and_reports_rl_only_keys(tmp_path, caplog):
 )
 def test_unknown_keys_name_the_key_and_section(raw, field):
     with pytest.raises(ConfigError) as err:
-        SFTConfig.from_dict(raw)
+        TRLConfig.from_dict(raw)
     assert err.value.field == field
     assert "unknown key" in str(err.value)
 
@@ -146,7 +146,7 @@ def test_yaml_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml"):
-        SFTConfig.load_yaml(bad)
+        TRLConfig.load_yaml(bad)
     with pytest.raises(ConfigError, match="not found"):
-        SFTConfig.load_yaml(tmp_path / "missing.yaml")
+        TRLConfig.load_yaml(tmp_path / "missing.yaml")
     assert yaml.safe_load(default_sft_config().to_yaml())["train"]["seq_length"] > 0

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_config
-from sft_core import ConfigError, SFTConfig, train
+from sft_core import ConfigError, TRLConfig, train
 from sft_core.config import ModelConfig, TokenizerConfig
 from sft_core.modeling import load_model, load_tokenizer
 
@@ -15,11 +15,11 @@ LORA = {"peft_type": "LORA", "r": 4, "target_modules": ["q_proj", "v_proj"]}
 
 
 def test_dtype_in_model_extra_configs_is_model_dtype():
-    config = SFTConfig().evolve(model=dict(model_extra_configs={"dtype": "bfloat16", "attn_implementation": "sdpa"}))
+    config = TRLConfig().evolve(model=dict(model_extra_configs={"dtype": "bfloat16", "attn_implementation": "sdpa"}))
     assert config.model.dtype == "bfloat16" and config.model.model_extra_configs == {"attn_implementation": "sdpa"}
     assert ModelConfig(model_extra_configs={"torch_dtype": "torch.bfloat16"}).dtype == "bfloat16"
     with pytest.raises(ConfigError, match="disagree"):
-        SFTConfig.from_dict({"model": {"dtype": "auto", "model_extra_configs": {"dtype": "bfloat16"}}})
+        TRLConfig.from_dict({"model": {"dtype": "auto", "model_extra_configs": {"dtype": "bfloat16"}}})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="float16 weights are allowed where there is a GPU")

@@ -167,9 +167,9 @@ def test_killed_flow_run_resumes_to_the_same_final_loss(prefect_server, tmp_path
     assert steps.count(1) == 1 and sorted(set(steps)) == list(range(1, 41))  # resumed, not restarted
 
     # The same run, uninterrupted, from the config the flow saved.
-    from sft_core import SFTConfig
+    from sft_core import TRLConfig
 
-    straight = SFTConfig.load_yaml(run_dir / "config.yaml").evolve(
+    straight = TRLConfig.load_yaml(run_dir / "config.yaml").evolve(
         train=dict(checkpoint_dir=str(tmp_path / "straight" / "ckpt"), logging_dir=str(tmp_path / "straight" / "logs"),
                    resume_from_checkpoint=None, tracker="jsonl"),
         tracking=dict(run_id=None), data=dict(cache_dir=str(tmp_path / "cache")))
@@ -187,7 +187,7 @@ def test_killed_flow_run_resumes_to_the_same_final_loss(prefect_server, tmp_path
 
 
 # -- NaN / inf loss -----------------------------------------------------------------------------------
-EXPLODING = dict(optimizer=dict(name="sgd", kwargs=dict(lr=1e6)), scheduler=dict(name="constant", warmup_steps=2),
+EXPLODING = dict(optimizer=dict(name="sgd", kwargs=dict(lr=1e6)), scheduler=dict(name="constant_with_warmup", warmup_steps=2),
                  train=dict(total_steps=12, checkpoint_interval=1, eval_interval=100, max_grad_norm=None,
                             save_total_limit=None),
                  method=dict(metrics=[]))

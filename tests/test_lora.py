@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import PYTHON, ROOT, python_env, tiny_config
-from sft_core import ConfigError, SFTConfig, train
+from sft_core import ConfigError, TRLConfig, train
 from sft_core.embedded import save_embedded_model
 from sft_core.export import export_model
 from sft_core.tracking import read_history
@@ -124,11 +124,11 @@ def test_adapter_registers_and_loads_by_alias(lora_run, tmp_path):
 def test_a_peft_config_object_is_stored_in_peft_form():
     import peft
 
-    config = SFTConfig().evolve(model=dict(peft_config=peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"])))
+    config = TRLConfig().evolve(model=dict(peft_config=peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"])))
     stored = config.model.peft_config
     assert stored["peft_type"] == "LORA" and stored["r"] == 4
     assert sorted(stored["target_modules"]) == ["q_proj", "v_proj"]
-    assert SFTConfig.from_dict(config.to_dict()).model.peft_config == stored  # YAML round trip
+    assert TRLConfig.from_dict(config.to_dict()).model.peft_config == stored  # YAML round trip
 
 
 def assert_nothing_left_behind(ws: Path) -> None:

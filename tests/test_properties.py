@@ -10,13 +10,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sft_core import SFTConfig
+from sft_core import TRLConfig
 from sft_core.config import DataConfig, default_sft_config, parse_set_args
 from sft_core.data.sources import load_data
 from sft_core.errors import SFTError
 
-SECTIONS = list(SFTConfig.model_fields)
-FIELDS = sorted({f for s in SECTIONS for f in getattr(SFTConfig.model_fields[s].annotation, "model_fields", {})})
+SECTIONS = list(TRLConfig.model_fields)
+FIELDS = sorted({f for s in SECTIONS for f in getattr(TRLConfig.model_fields[s].annotation, "model_fields", {})})
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
                     st.text(max_size=12))
@@ -38,7 +38,7 @@ def loads_or_says_why(load: Any, *args: Any) -> None:
 @given(st.dictionaries(st.sampled_from(SECTIONS + ["pipeline", "trainer"]),
                        st.one_of(values, st.dictionaries(keys, values, max_size=4)), max_size=4))
 def test_any_config_mapping_loads_or_raises_config_error(raw: dict[str, Any]) -> None:
-    loads_or_says_why(SFTConfig.from_dict, raw)
+    loads_or_says_why(TRLConfig.from_dict, raw)
 
 
 @PROPERTY
@@ -49,7 +49,7 @@ def test_any_yaml_document_loads_or_raises_config_error(document: Any) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.yaml"
         path.write_text(yaml.safe_dump(document))
-        loads_or_says_why(SFTConfig.load_yaml, path)
+        loads_or_says_why(TRLConfig.load_yaml, path)
 
 
 @PROPERTY

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from conftest import ROOT
-from sft_core import SFTConfig, train
+from sft_core import TRLConfig, train
 from sft_core.example_model import EXAMPLE_GGUF_MEMBER, DownloadError, fetch_example_model, model_cache_dir
 from sft_core.tracking import read_history
 
@@ -45,7 +45,7 @@ def test_lora_from_the_gguf_file_learns_facts_then_registers_and_answers(example
     assert AutoModelForCausalLM.from_pretrained(example_model).num_parameters() == 134_515_008
 
     examples = ROOT / "configs" / "examples"
-    config = SFTConfig.load_yaml(ROOT / "configs" / "smollm2_lora.yaml").evolve(
+    config = TRLConfig.load_yaml(ROOT / "configs" / "smollm2_lora.yaml").evolve(
         model=dict(model_path=str(model_cache_dir() / "downloads" / EXAMPLE_GGUF_MEMBER)),  # the GGUF file itself
         train=dict(total_steps=24, batch_size=5, eval_interval=24, checkpoint_interval=24, save_best=False,
                    checkpoint_dir=str(tmp_path / "checkpoints"), logging_dir=str(tmp_path / "logs")),

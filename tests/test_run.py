@@ -9,7 +9,7 @@ import mlflow.transformers
 import pytest
 
 from conftest import tiny_config
-from sft_core import SFTConfig
+from sft_core import TRLConfig
 from sft_core.cli import main as sft_cli
 from sft_core.errors import SFTError
 from sft_core.run import data_cache_key, fail_run, prepare_data, start_run, train_run
@@ -21,7 +21,7 @@ QUICK = ["--set", "train.total_steps=4", "--set", "train.eval_interval=2", "--se
 def test_the_data_cache_key_covers_what_decides_the_data_and_nothing_else(tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text('{"prompt": "a", "completion": "b"}\n')
-    config = SFTConfig.from_dict({"data": {"path": str(data)}})
+    config = TRLConfig.from_dict({"data": {"path": str(data)}})
     key = data_cache_key(config)
     assert data_cache_key(config.with_overrides({"optimizer.kwargs.lr": 3e-4, "train.total_steps": 7})) == key
     assert data_cache_key(config.with_overrides({"data.cache_dir": str(tmp_path / "elsewhere")})) == key

@@ -1,4 +1,5 @@
-"""LR schedules: the libraries' curves under our names, one T_max default, and exact resume."""
+"""LR schedules: the libraries' curves under our names, trlX's names as trlX builds them, one T_max default,
+old names mapped with a warning, and exact resume."""
 
 from __future__ import annotations
 
@@ -28,19 +29,19 @@ def lrs(cfg: SchedulerConfig, total_steps: int, steps: int | None = None) -> lis
 
 
 def test_warmup_rises_linearly_from_zero_then_constant():
-    got = lrs(SchedulerConfig(name="constant", warmup_steps=4), 10)
+    got = lrs(SchedulerConfig(name="constant_with_warmup", warmup_steps=4), 10)
     assert got == pytest.approx([0, LR / 4, LR / 2, 3 * LR / 4] + [LR] * 6, abs=1e-12)
 
 
-def test_linear_decays_to_zero_at_the_last_step_and_ignores_min_lr_ratio():
-    got = lrs(SchedulerConfig(name="linear", warmup_steps=2, min_lr_ratio=0.5), 10)
+def test_linear_with_warmup_decays_to_zero_at_the_last_step_and_ignores_min_lr_ratio():
+    got = lrs(SchedulerConfig(name="linear_with_warmup", warmup_steps=2, min_lr_ratio=0.5), 10)
     assert got[:3] == pytest.approx([0, LR / 2, LR], abs=1e-12)
     assert got[2:] == pytest.approx([LR * (10 - k) / 8 for k in range(2, 10)], abs=1e-12)
 
 
 def test_cosine_decays_to_its_floor():
     total, warmup, floor = 100, 10, 0.1
-    got = lrs(SchedulerConfig(name="cosine", warmup_steps=warmup, min_lr_ratio=floor), total, steps=total + 1)
+    got = lrs(SchedulerConfig(name="cosine_with_warmup", warmup_steps=warmup, min_lr_ratio=floor), total, steps=total + 1)
     assert got[warmup] == pytest.approx(LR)
     assert all(a >= b for a, b in zip(got[warmup:], got[warmup + 1:]))  # never rises after warmup
     halfway = warmup + (total - warmup) // 2
@@ -72,14 +73,37 @@ def test_bad_cosine_annealing_kwargs_name_the_field(kwargs, field):
 
 
 def test_kwargs_for_a_schedule_that_takes_none_are_an_error():
-    with pytest.raises(ConfigError, match="only cosine_annealing takes kwargs"):
-        lrs(SchedulerConfig(name="cosine", kwargs={"T_max": 10}), 10)
+    with pytest.raises(ConfigError, match="only cosine_annealing and linear take kwargs"):
+        lrs(SchedulerConfig(name="cosine_with_warmup", kwargs={"T_max": 10}), 10)
+
+
+def test_linear_is_trlxs_torch_linear_lr_with_its_kwargs():
+    got = lrs(SchedulerConfig(name="linear", kwargs={"start_factor": 1.0, "end_factor": 0.1, "total_iters": 9}), 12)
+    assert got == pytest.approx([LR * (1 - 0.9 * min(k, 9) / 9) for k in range(12)], rel=1e-9)
+    assert lrs(SchedulerConfig(name="linear"), 7) == pytest.approx(  # torch's defaults: 1/3 -> 1 over 5 steps
+        [LR * (1 / 3 + (2 / 3) * min(k, 5) / 5) for k in range(7)], rel=1e-9)
+    with pytest.raises(ConfigError, match="start_factor"):
+        lrs(SchedulerConfig(name="linear", kwargs={"warmup_steps": 3}), 10)
+
+
+def test_trlx_schedules_have_no_warmup_and_ours_default_to_fifty_steps():
+    assert SchedulerConfig(name="cosine_annealing").warmup == 0 and SchedulerConfig(name="linear").warmup == 0
+    assert SchedulerConfig().warmup == 50 and SchedulerConfig(name="linear_with_warmup", warmup_steps=3).warmup == 3
+    with pytest.raises(ValueError, match="cosine_with_warmup"):
+        SchedulerConfig(name="cosine_annealing", warmup_steps=10)
+
+
+def test_old_schedule_names_map_to_the_new_with_a_warning(caplog):
+    assert SchedulerConfig(name="cosine").name == "cosine_with_warmup"
+    assert SchedulerConfig(name="constant", warmup_steps=0).name == "constant_with_warmup"
+    assert "deprecated" in caplog.text and "cosine_with_warmup" in caplog.text
 
 
 @pytest.mark.parametrize("cfg", [
-    SchedulerConfig(name="cosine", warmup_steps=5, min_lr_ratio=0.1),
-    SchedulerConfig(name="linear", warmup_steps=5),
-    SchedulerConfig(name="constant", warmup_steps=5),
+    SchedulerConfig(name="cosine_with_warmup", warmup_steps=5, min_lr_ratio=0.1),
+    SchedulerConfig(name="linear_with_warmup", warmup_steps=5),
+    SchedulerConfig(name="constant_with_warmup", warmup_steps=5),
+    SchedulerConfig(name="linear", kwargs={"start_factor": 0.5, "total_iters": 20}),
     SchedulerConfig(name="cosine_annealing", kwargs={"eta_min": 1e-5}),
     SchedulerConfig(name="cosine_annealing", kwargs={"T_max": 7}),  # past T_max it climbs back up
 ], ids=lambda c: f"{c.name}-{c.kwargs}")

@@ -85,7 +85,7 @@ def _params_after_one_step(run_dir, name, batch_size, accumulation, **train_sett
         train=dict(total_steps=1, batch_size=batch_size, gradient_accumulation_steps=accumulation,
                    max_grad_norm=None, eval_interval=100, checkpoint_interval=100, **train_settings),
         optimizer=dict(name="sgd", kwargs=dict(lr=1.0)),  # SGD: the update *is* the gradient
-        scheduler=dict(name="constant", warmup_steps=0),
+        scheduler=dict(name="constant_with_warmup", warmup_steps=0),
         method=dict(metrics=[]), data=dict(eval_fraction=0.01),
     )
     PassCountingTrainer.passes = 0
@@ -226,11 +226,11 @@ def test_hub_model_name_offline_is_a_clear_error(run_dir):
 
 def test_example_alpaca_config_runs_on_a_local_model_folder(run_dir):
     """configs/alpaca_local.yaml: a local HF model folder + Alpaca JSONL, the path beyond the demo."""
-    from sft_core import SFTConfig
+    from sft_core import TRLConfig
     from sft_core.cli import main
 
     assert main(["export-embedded", str(run_dir / "model-in")]) == 0
-    config = SFTConfig.load_yaml(ROOT / "configs" / "alpaca_local.yaml").evolve(
+    config = TRLConfig.load_yaml(ROOT / "configs" / "alpaca_local.yaml").evolve(
         model=dict(model_path=str(run_dir / "model-in")),
         data=dict(path=str(ROOT / "configs" / "examples" / "alpaca_sample.jsonl")),
         train=dict(total_steps=4, eval_interval=4, checkpoint_interval=4, checkpoint_dir=str(run_dir / "ck"),

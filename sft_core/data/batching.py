@@ -172,6 +172,7 @@ def micro_batches(
     max_tokens: int | None,
     block_len: int | None = None,
     padding_side: Literal["left", "right"] = "right",
+    max_rows: int | None = None,
 ) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
     """One batch as forward/backward passes of at most ``max_tokens`` token slots (padding included).
 
@@ -180,11 +181,19 @@ def micro_batches(
     first (see `pack`) and whole blocks are grouped; without, rows of similar length are grouped
     and each pass is padded to its own longest row. A block or row wider than ``max_tokens`` is a
     pass of its own. ``max_tokens=None``: one pass. Returns (row indices, tensors) per pass.
+    ``max_rows`` (trlX's minibatch_size) instead cuts the rows, in order, into passes of that many
+    rows, each packed (or padded) on its own; ``max_tokens`` is then not applied.
+    Example (max_rows=2): rows [r0, r1, r2, r3] -> passes [r0, r1], [r2, r3]
     """
-    units = pack_blocks([len(r) for r in input_ids], block_len) if block_len else [[i] for i in range(len(input_ids))]
-    widths = [sum(len(input_ids[i]) for i in unit) for unit in units]
-    groups = _fill_passes(widths, max_tokens) if max_tokens else [list(range(len(units)))]
-    passes = [[units[u] for u in group] for group in groups]
+    n = len(input_ids)
+    if max_rows:
+        passes = [_units(list(range(start, min(start + max_rows, n))), input_ids, block_len)
+                  for start in range(0, n, max_rows)]
+    else:
+        units = _units(list(range(n)), input_ids, block_len)
+        widths = [sum(len(input_ids[i]) for i in unit) for unit in units]
+        groups = _fill_passes(widths, max_tokens) if max_tokens else [list(range(len(units)))]
+        passes = [[units[u] for u in group] for group in groups]
     out = []
     for pass_units in passes:
         rows = [i for unit in pass_units for i in unit]
@@ -194,6 +203,13 @@ def micro_batches(
             batch = collate([input_ids[i] for i in rows], [labels[i] for i in rows], pad_id, padding_side)
         out.append((rows, batch))
     return out
+
+
+def _units(rows: list[int], input_ids: list[list[int]], block_len: int | None) -> list[list[int]]:
+    """``rows`` as the units a pass is made of: packed blocks of row indices, or one row each."""
+    if not block_len:
+        return [[i] for i in rows]
+    return [[rows[j] for j in block] for block in pack_blocks([len(input_ids[i]) for i in rows], block_len)]
 
 
 def _fill_passes(widths: list[int], max_tokens: int) -> list[list[int]]:

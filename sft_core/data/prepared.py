@@ -24,7 +24,7 @@ import datasets
 from datasets import Dataset, DatasetInfo, load_from_disk
 from pydantic import BaseModel, Field
 
-from sft_core.config import EMBEDDED_DATA, SFTConfig
+from sft_core.config import EMBEDDED_DATA, TRLConfig
 from sft_core.data.prepare import (
     PREP_VERSION, PreparedSplit, PrepStats, ProgressFn, RowProgress, default_cache_dir, prepare_rows, prepare_samples,
     require_rows, tokenizer_fingerprint,
@@ -54,7 +54,7 @@ def is_prepared(path: str | Path | None) -> bool:
 
 
 def prepare_from_config(
-    config: SFTConfig, tokenizer: Any, *, samples: Sequence[Any] | None = None,
+    config: TRLConfig, tokenizer: Any, *, samples: Sequence[Any] | None = None,
     eval_samples: Sequence[Any] | None = None, eval_prompts: Sequence[Any] | None = None,
     on_progress: ProgressFn | None = None,
 ) -> PreparedBundle:
@@ -76,7 +76,7 @@ def prepare_from_config(
     return bundle
 
 
-def _prepare_listed(config: SFTConfig, tokenizer: Any, samples: Sequence[Any] | None,
+def _prepare_listed(config: TRLConfig, tokenizer: Any, samples: Sequence[Any] | None,
                     eval_samples: Sequence[Any] | None, eval_prompts: Sequence[Any] | None) -> PreparedBundle:
     """Rows held in lists: samples given to train(), the demo, or data.path read row by row."""
     origins, source = None, "samples"
@@ -92,7 +92,7 @@ def _prepare_listed(config: SFTConfig, tokenizer: Any, samples: Sequence[Any] | 
     return PreparedBundle(train, held_out, list(eval_prompts) if eval_prompts is not None else None, source)
 
 
-def source_key(config: SFTConfig, tokenizer: Any) -> str:
+def source_key(config: TRLConfig, tokenizer: Any) -> str:
     """What decides the tokens of data named by data.path: its bytes, the data settings (template,
     columns, filter, split), the tokenizer with its chat template, seq_length, truncation side,
     the seed (it draws the held-out rows) and the masking code's version. Not the number of processes."""
@@ -103,7 +103,7 @@ def source_key(config: SFTConfig, tokenizer: Any) -> str:
     return hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def prepare_source(config: SFTConfig, tokenizer: Any, *, on_progress: ProgressFn | None = None) -> PreparedBundle:
+def prepare_source(config: TRLConfig, tokenizer: Any, *, on_progress: ProgressFn | None = None) -> PreparedBundle:
     """data.path as memory-mapped Arrow, tokenized on data.num_proc processes, into data.cache_dir/<key>.
 
     Should anything fail on the way, the data is read again row by row (``sources.load_data``), whose
@@ -190,7 +190,7 @@ def _no_progress_bars():
             datasets.enable_progress_bars()
 
 
-def load_prepared(directory: str | Path, tokenizer: Any, config: SFTConfig) -> PreparedBundle:
+def load_prepared(directory: str | Path, tokenizer: Any, config: TRLConfig) -> PreparedBundle:
     path = Path(directory)
     meta = json.loads((path / MARKER).read_text())
     if meta["tokenizer"] != tokenizer_fingerprint(tokenizer):

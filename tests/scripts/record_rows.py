@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from sft_core import AccelerateSFTTrainer, SFTConfig, train
+from sft_core import AccelerateSFTTrainer, TRLConfig, train
 
 
 class RecordingTrainer(AccelerateSFTTrainer):
@@ -20,7 +20,7 @@ class RecordingTrainer(AccelerateSFTTrainer):
 
 def main() -> None:
     config_path, out = sys.argv[1], Path(sys.argv[2])
-    trainer = train(config=SFTConfig.load_yaml(config_path), trainer_cls=RecordingTrainer)
+    trainer = train(config=TRLConfig.load_yaml(config_path), trainer_cls=RecordingTrainer)
     out.mkdir(parents=True, exist_ok=True)
     rank = trainer.accelerator.process_index
     (out / f"rows-rank{rank}.json").write_text(json.dumps(trainer.rows_seen))
