@@ -298,6 +298,23 @@ class TrackingConfig(_Section):
     log_samples: int = Field(32, ge=0)  # eval samples logged as a table
 
 
+class PromotionConfig(_Section):
+    """The save stage's gate (sft_core.promotion): does a newly registered version become the champion?"""
+
+    section: ClassVar[str] = "promotion"
+    # gate: only when it beats the champion on the gate set; always: every new version; never: none
+    policy: Literal["always", "gate", "never"] = "gate"
+    # Scored on the gate set: a generation metric (bare or metrics/NAME) or eval/loss (the references'
+    # token loss). None: train.best_metric, by the same rule as best/ (eval/loss when that is unset too).
+    metric: str | None = None
+    mode: Literal["max", "min"] | None = None  # None: train.best_mode, else "min" for losses, "max" otherwise
+    min_delta: float = Field(0.0, ge=0)  # the candidate must win by more than 0 and by at least this much
+    # A JSON or JSONL file of {"prompt", "reference"} rows. None: the eval prompts of the run that made the
+    # first champion, stored with that model, so new training data never moves the yardstick.
+    gate_path: str | None = None
+    champion_alias: str = "champion"  # the alias that moves only on promotion
+
+
 class DistributedConfig(_Section):
     section: ClassVar[str] = "distributed"
     num_processes: int = Field(1, ge=1)  # >1 launches a child through torchrun
@@ -317,6 +334,7 @@ class TRLConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
 
     @property
     def ignored_keys(self) -> list[str]:

@@ -18,6 +18,7 @@ class RegisteredModel:
     registered_name: str | None
     version: str | None
     alias: str | None
+    model_id: str | None = None  # MLflow 3's LoggedModel id (m-...)
 
 
 def pip_requirements() -> list[str]:
@@ -54,8 +55,10 @@ def load_adapter_model(model_dir: str | Path):
 
 def log_and_register(
     model_dir: str | Path, *, run_id: str, tracking_uri: str | None = None, registered_name: str | None = None,
-    alias: str | None = None,
+    alias: str | None = None, step: int = 0, tags: dict[str, str] | None = None,
 ) -> RegisteredModel:
+    """``step``: the step whose run metrics the logged model carries (MLflow attaches those logged at it,
+    so step 0 would mean the untrained scores). ``tags`` go on the logged model and the registered version."""
     import mlflow
     import mlflow.transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -75,11 +78,16 @@ def log_and_register(
         warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
         info = mlflow.transformers.log_model(
             {"model": model, "tokenizer": tokenizer}, name="model", task="text-generation",
-            pip_requirements=pip_requirements(), registered_model_name=registered_name,
+            pip_requirements=pip_requirements(), registered_model_name=registered_name, step=step, tags=tags,
         )
     version = str(info.registered_model_version) if registered_name else None
+    client = mlflow.MlflowClient(uri)
+    if registered_name:
+        for key, value in (tags or {}).items():
+            client.set_model_version_tag(registered_name, version, key, value)
     if registered_name and alias:
-        mlflow.MlflowClient(uri).set_registered_model_alias(registered_name, alias, version)
+        client.set_registered_model_alias(registered_name, alias, version)
     logger.info("Logged %s %s%s", "adapter (with its base)" if adapter else "model", info.model_uri,
                 f"; registered {registered_name} v{version}" + (f" @{alias}" if alias else "") if registered_name else "")
-    return RegisteredModel(info.model_uri, registered_name, version, alias if registered_name else None)
+    return RegisteredModel(info.model_uri, registered_name, version, alias if registered_name else None,
+                           model_id=info.model_id)

@@ -4,7 +4,7 @@ cached data, training it (in this process or as a launched process tree), and re
     run = start_run(config, name="exp-1", runs_dir="runs")   # folder, config.yaml, MLflow run
     data = prepare_data(run)                                 # tokenized once, cached by content
     summary = train_run(run, data)                           # trains and exports runs/exp-1/model
-    exported = save_model(run, summary)                      # logs, registers, finishes the MLflow run
+    exported = save_model(run, summary)                      # logs, registers, gates, finishes the MLflow run
     # on an error instead: fail_run(run.root)
 
 Each step reads only the typed ``Run`` and what the step before returned, so a Prefect task is one
@@ -30,6 +30,10 @@ from sft_core.data.sources import fingerprint_source
 from sft_core.errors import BAD_INPUT_EXIT_CODE, SFTError
 from sft_core.launch import ChildFailed, launch_command, run_child
 from sft_core.layout import METRICS_FILE, RunLayout
+from sft_core.data.prepared import MARKER
+from sft_core.lineage import export_step, lineage_tags, metric_tags, record_data_inputs
+from sft_core.modeling import base_model_reference
+from sft_core.promotion import Lock, PromotionDecision, promote
 from sft_core.registry import log_and_register
 from sft_core.trainer import Callback, TrainSummary
 from sft_core.tracking import ensure_experiment, probe_tracking_server, redact_uri, resolve_tracking_uri
@@ -182,24 +186,54 @@ class ExportedModel(BaseModel):
     registered_name: str | None = None
     version: str | None = None
     alias: str | None = None
+    metrics_step: int | None = None  # the step whose metrics the logged model carries
+    promotion: PromotionDecision | None = None  # the gate's decision, for a registered version
 
 
-def save_model(run: Run, summary: TrainSummary) -> ExportedModel:
-    """Log the exported model (best/ with export='best') to the run's MLflow run, register it under
-    ``tracking.registered_model_name`` with ``tracking.registered_model_alias``, and finish the run."""
+def save_model(run: Run, summary: TrainSummary, *, version_tags: dict[str, str] | None = None,
+               promotion_lock: Lock | None = None) -> ExportedModel:
+    """Log the exported model (best/ with export='best') to the run's MLflow run with the metrics of the
+    step it was evaluated at, register it under ``tracking.registered_model_name`` with
+    ``tracking.registered_model_alias`` and its lineage tags (plus ``version_tags``), let the promotion
+    gate decide whether it becomes the champion (``promotion_lock`` held around that), finish the run."""
     model_dir = Path(summary.best_checkpoint if run.export == "best" and summary.best_checkpoint
                      else summary.model_dir)
     exported = ExportedModel(model_dir=str(model_dir), files=sorted(p.name for p in model_dir.iterdir()))
     if not run.mlflow_run_id:
         logger.warning("No MLflow run (tracking was unreachable): the model is only at %s", model_dir)
         return exported
-    tracking = run.config.tracking
+    config, tracking = run.config, run.config.tracking
+    eval_prompts = _eval_prompts(run.prepared_dir)
+    _record_data_inputs(run, eval_prompts)
+    step = export_step(summary, export=run.export, logs_dir=run.layout.logs)
+    tags = {**lineage_tags(config, base_model=base_model_reference(config.model), extra=version_tags),
+            **metric_tags(run.layout.logs, step)}
     registered = log_and_register(model_dir, run_id=run.mlflow_run_id, tracking_uri=tracking.tracking_uri,
                                   registered_name=tracking.registered_model_name,
-                                  alias=tracking.registered_model_alias)
+                                  alias=tracking.registered_model_alias, step=step, tags=tags)
+    decision = None
+    if registered.version:
+        decision = promote(config, registered_name=registered.registered_name, version=registered.version,
+                           model_id=registered.model_id, tracking_uri=tracking.tracking_uri,
+                           eval_prompts=eval_prompts, data_source=str(config.data.path), workdir=run.root,
+                           lock=promotion_lock)
     finish_run(run)
     return exported.model_copy(update=dict(model_uri=registered.model_uri, version=registered.version,
-                                           registered_name=registered.registered_name, alias=registered.alias))
+                                           registered_name=registered.registered_name, alias=registered.alias,
+                                           metrics_step=step, promotion=decision))
+
+
+def _eval_prompts(prepared_dir: Path) -> list[Any] | None:
+    """The run's eval prompts (with references), as the prepare step stored them."""
+    marker = prepared_dir / MARKER
+    return json.loads(marker.read_text()).get("eval_prompts") if marker.is_file() else None
+
+
+def _record_data_inputs(run: Run, eval_prompts: list[Any] | None) -> None:
+    try:
+        record_data_inputs(run.config.tracking.tracking_uri, run.mlflow_run_id, run.config, eval_prompts)
+    except Exception as err:  # noqa: BLE001 - bookkeeping must not lose the model
+        logger.warning("Could not log the source data and eval set to MLflow: %s", err)
 
 
 # -- the MLflow run ------------------------------------------------------------------------------------

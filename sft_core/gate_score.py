@@ -1,0 +1,88 @@
+"""Scoring one model on the gate set, as the trainer's evals score it: generation metrics from the
+same generation code and metric functions, plus ``eval/loss``, the token loss of the references.
+
+Both sides of a promotion are scored here, in the same process, with the same ``gen_kwargs``, so a
+champion is never judged by numbers from another run, another gate set or other settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from sft_core.data.batching import collate
+from sft_core.data.formats import to_segments
+from sft_core.data.masking import build_example
+from sft_core.data.prepare import _default_bos
+from sft_core.evaluation import build_eval_prompts
+from sft_core.gate_set import GateSet
+from sft_core.generation import generate_texts, sweep
+from sft_core.losses import token_loss_sum
+from sft_core.metrics import compute_metrics, resolve_metric
+
+logger = logging.getLogger(__name__)
+
+
+def load_registered(registered_name: str, version: str, tracking_uri: str) -> tuple[Any, Any]:
+    """A registered version's model and tokenizer, as MLflow serves them (what ``models:/`` users load)."""
+    import mlflow
+    import mlflow.transformers
+
+    # The version's own artifact location, not models:/ (which resolves through the process-wide registry URI).
+    source = mlflow.MlflowClient(tracking_uri).get_model_version_download_uri(registered_name, version)
+    mlflow.set_tracking_uri(tracking_uri)  # for an mlflow-artifacts: location on a tracking server
+    components = mlflow.transformers.load_model(source, return_type="components")
+    return components["model"], components["tokenizer"]
+
+
+@torch.no_grad()
+def score_model(model: Any, tokenizer: Any, gate: GateSet, method: Any, *, seed: int) -> dict[str, float]:
+    """``{"eval/loss": ..., "metrics/NAME": ...}`` on the gate set. ``method`` is the config's method section
+    (gen_kwargs, stop_sequences, eval_batch_size, metric_module_prefixes); a gen_kwargs sweep gives one
+    metric per value, suffixed as in training."""
+    metric_fns = [resolve_metric(name, method.metric_module_prefixes) for name in gate.metrics]
+    prompts = build_eval_prompts(gate.prompts, tokenizer)
+    scores = {"eval/loss": reference_loss(model, tokenizer, gate.prompts, batch_size=method.eval_batch_size)}
+    for suffix, gen_kwargs in sweep(method.gen_kwargs):
+        torch.manual_seed(seed)  # sampled generation draws the same way for every model scored
+        outputs = generate_texts(model, tokenizer, prompts.ids, gen_kwargs, batch_size=method.eval_batch_size,
+                                 stop_sequences=method.stop_sequences)
+        n_return = int(gen_kwargs.get("num_return_sequences", 1))
+        texts = [t for t in prompts.texts for _ in range(n_return)]
+        metadata = {k: [v for v in values for _ in range(n_return)] for k, values in prompts.metadata.items()}
+        means, _ = compute_metrics(metric_fns, samples=[p + o for p, o in zip(texts, outputs)], prompts=texts,
+                                   outputs=outputs, metadata=metadata)
+        scores.update({f"metrics/{k}{suffix}": v for k, v in means.items()})
+    return scores
+
+
+def reference_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, batch_size: int) -> float:
+    """Mean next-token loss of each reference after its prompt, masked and tokenized as training does
+    (``eval/loss`` on the gate set): it ranks models long before their generations turn exact."""
+    examples = [reference_example(row["prompt"], str(row["reference"]), tokenizer) for row in rows]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, n_targets = 0.0, 0
+    try:
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            batch = collate([ids for ids, _ in chunk], [labels for _, labels in chunk], tokenizer.pad_token_id)
+            loss_sum, n = token_loss_sum(model, batch, device)
+            total, n_targets = total + float(loss_sum), n_targets + n
+    finally:
+        model.train(was_training)
+    return total / max(n_targets, 1)
+
+
+def reference_example(prompt: Any, reference: str, tokenizer: Any) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of prompt + reference, the reference (and EOS) as targets."""
+    if isinstance(prompt, str):
+        segments = to_segments([prompt, reference], tokenizer, where="gate prompt")
+    else:
+        segments = to_segments([*prompt, {"role": "assistant", "content": reference}], tokenizer, where="gate prompt")
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in segments.texts]
+    return build_example(ids, segments.trainable, bos_id=None if segments.templated else _default_bos(tokenizer),
+                         eos_id=None if segments.templated else tokenizer.eos_token_id)
