@@ -57,6 +57,7 @@ def sft_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineResult:
         run_name=run.name, run_dir=run.root, model_dir=exported.model_dir, final_metrics=trained.final_metrics,
         mlflow_run_id=run.mlflow_run_id, tracking_uri=tracking_uri, model_uri=exported.model_uri,
         registered_name=exported.registered_name, version=exported.version,
+        promotion=exported.promotion.decision if exported.promotion else None,
     )
 
 
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     if result.version:
         print(f"Registered:    models:/{result.registered_name}/{result.version}  "
               f"(alias @{params.model_alias})")
+    if result.promotion:
+        print(f"Promotion:     {result.promotion}  (the champion: models:/{result.registered_name}@champion)")
     return 0
 
 

@@ -33,3 +33,4 @@ class PipelineResult(BaseModel):
     model_uri: str | None
     registered_name: str | None
     version: str | None
+    promotion: str | None = None  # promoted | rejected, for a registered version

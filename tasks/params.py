@@ -30,6 +30,8 @@ OptionalStr = Annotated[str | None, WithJsonSchema({"type": "string"}), _EMPTY]
 OptionalStrList = Annotated[list[str] | None, WithJsonSchema({"type": "array", "items": {"type": "string"}}), _EMPTY]
 Precision = Annotated[Literal["no", "bf16", "fp16"] | None,
                       WithJsonSchema({"enum": ["no", "bf16", "fp16", None]}), _EMPTY]
+Policy = Annotated[Literal["gate", "always", "never"] | None,
+                   WithJsonSchema({"enum": ["gate", "always", "never", None]}), _EMPTY]
 
 
 class PipelineConfig(BaseModel):
@@ -78,6 +80,9 @@ class PipelineConfig(BaseModel):
         "sftflow-demo", description="Register the exported model under this name. Empty: the base config's "
                                     "tracking.registered_model_name (the demo's: none, log without registering).")
     model_alias: str = Field("candidate", description="Alias set on the new model version.")
+    promotion_policy: Policy = Field(
+        None, description="Whether the new version becomes @champion: gate (only if it beats the champion on the "
+                          "gate set), always, or never. Empty: the base config's (default: gate).")
 
     def to_sft_config(self) -> TRLConfig:
         """The sft_core config this run trains with: its base YAML (or the demo) plus the form's fields."""
@@ -99,7 +104,7 @@ class PipelineConfig(BaseModel):
             "tracking.registered_model_name": self.registered_model_name,
             "tracking.registered_model_alias": self.model_alias,
             "distributed.num_processes": self.num_processes, "distributed.accelerate_config": self.accelerate_config,
-            "model.merge_adapters_on_export": self.merge_adapters,
+            "model.merge_adapters_on_export": self.merge_adapters, "promotion.policy": self.promotion_policy,
         }
         return {**{k: v for k, v in mapped.items() if v is not None}, **self.overrides}
 

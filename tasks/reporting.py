@@ -75,9 +75,12 @@ def publish_eval_samples(logging_dir: Path, limit: int = 50) -> None:
 
 def publish_summary(run: Run, data: PreparedData, trained: TrainSummary, exported: ExportedModel) -> None:
     metrics = "\n".join(f"| `{k}` | {v:.4f} |" for k, v in sorted(trained.final_metrics.items()))
-    registry = (f"`{exported.registered_name}` version {exported.version} (alias `@{exported.alias}`), "
-                f"load with `mlflow.transformers.load_model(\"models:/{exported.registered_name}@{exported.alias}\")`"
+    registry = (f"`{exported.registered_name}` version {exported.version} (alias `@{exported.alias}`)"
                 if exported.registered_name else "not registered")
+    if exported.promotion is not None:
+        decision = exported.promotion
+        registry += (f"; promotion **{decision.decision}**: {decision.reason}. Load the champion with "
+                     f"`mlflow.transformers.load_model(\"models:/{decision.registered_name}@{decision.champion_alias}\")`")
     create_markdown_artifact(key="run-summary", description=f"Summary of {run.name}", markdown=f"""
 # SFT run `{run.name}`
 
