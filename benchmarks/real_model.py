@@ -89,7 +89,7 @@ def run_ours(model_dir: str, steps: int, lora: bool, clock: Clock):
                    seed=SETTINGS["seed"], eval_interval=10**9, checkpoint_interval=10**9, log_interval=1,
                    save_best=False, checkpoint_dir=str(work / "ck"), logging_dir=str(work / "logs")),
         optimizer=dict(kwargs=dict(lr=SETTINGS["lr_lora" if lora else "lr_full"], weight_decay=0.0)),
-        scheduler=dict(name="linear", warmup_steps=0), method=dict(metrics=[]),
+        scheduler=dict(name="linear_with_warmup", warmup_steps=0, min_lr_ratio=0.0), method=dict(metrics=[]),
         data=dict(path=None, cache_dir=str(work / "cache")),
     )
     class Fingerprinted(AccelerateSFTTrainer):
