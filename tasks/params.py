@@ -34,6 +34,12 @@ Policy = Annotated[Literal["gate", "always", "never"] | None,
                    WithJsonSchema({"enum": ["gate", "always", "never", None]}), _EMPTY]
 
 
+# Form fields whose defaults are for the demo: a base YAML that sets the config field keeps its value
+# (configs/smollm2_lora.yaml registers as smollm2-facts, not as the demo's model, whose champion it would face).
+FORM_DEFAULTS_YIELD_TO_YAML = {"registered_model_name": "tracking.registered_model_name",
+                               "experiment_name": "tracking.experiment_name"}
+
+
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"title": "SFT run"})
 
@@ -87,7 +93,12 @@ class PipelineConfig(BaseModel):
     def to_sft_config(self) -> TRLConfig:
         """The sft_core config this run trains with: its base YAML (or the demo) plus the form's fields."""
         base = TRLConfig.load_yaml(self.config_path) if self.config_path else default_sft_config()
-        return base.with_overrides(self.config_overrides())
+        overrides = self.config_overrides()
+        for form_field, key in FORM_DEFAULTS_YIELD_TO_YAML.items():
+            section, name = key.split(".")
+            if form_field not in self.model_fields_set and getattr(getattr(base, section), name) is not None:
+                overrides.pop(key, None)  # the YAML names it; only a value typed into the form overrides that
+        return base.with_overrides(overrides)
 
     @property
     def train_timeout_s(self) -> float | None:
