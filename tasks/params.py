@@ -96,7 +96,8 @@ class PipelineConfig(BaseModel):
         overrides = self.config_overrides()
         for form_field, key in FORM_DEFAULTS_YIELD_TO_YAML.items():
             section, name = key.split(".")
-            if form_field not in self.model_fields_set and getattr(getattr(base, section), name) is not None:
+            if (form_field not in self.model_fields_set and key not in self.overrides
+                    and getattr(getattr(base, section), name) is not None):
                 overrides.pop(key, None)  # the YAML names it; only a value typed into the form overrides that
         return base.with_overrides(overrides)
 
