@@ -216,7 +216,7 @@ class SchedulerConfig(_Section):
     @field_validator("name", mode="before")
     @classmethod
     def _renamed(cls, v: Any) -> Any:
-        if v in DEPRECATED_SCHEDULES:
+        if isinstance(v, str) and v in DEPRECATED_SCHEDULES:
             logger.warning("scheduler.name %r is deprecated: it is now called %r (same schedule)", v,
                            DEPRECATED_SCHEDULES[v])
             return DEPRECATED_SCHEDULES[v]
