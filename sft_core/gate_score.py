@@ -8,14 +8,13 @@ champion is never judged by numbers from another run, another gate set or other 
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import torch
 
 from sft_core.data.batching import collate
-from sft_core.data.formats import to_segments
-from sft_core.data.masking import build_example
-from sft_core.data.prepare import _default_bos
+from sft_core.data.prepare import RowTokenizer, segment_rows
 from sft_core.evaluation import build_eval_prompts
 from sft_core.gate_set import GateSet
 from sft_core.generation import generate_texts, sweep
@@ -61,15 +60,15 @@ def score_model(model: Any, tokenizer: Any, gate: GateSet, method: Any, *, seed:
 def reference_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, batch_size: int) -> float:
     """Mean next-token loss of each reference after its prompt, masked and tokenized as training does
     (``eval/loss`` on the gate set): it ranks models long before their generations turn exact."""
-    examples = [reference_example(row["prompt"], str(row["reference"]), tokenizer) for row in rows]
+    tokenized = reference_rows(rows, tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, n_targets = 0.0, 0
     try:
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start : start + batch_size]
-            batch = collate([ids for ids, _ in chunk], [labels for _, labels in chunk], tokenizer.pad_token_id)
+        for start in range(0, len(rows), batch_size):
+            batch = collate(tokenized["input_ids"][start : start + batch_size],
+                            tokenized["labels"][start : start + batch_size], tokenizer.pad_token_id)
             loss_sum, n = token_loss_sum(model, batch, device)
             total, n_targets = total + float(loss_sum), n_targets + n
     finally:
@@ -77,12 +76,11 @@ def reference_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, ba
     return total / max(n_targets, 1)
 
 
-def reference_example(prompt: Any, reference: str, tokenizer: Any) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) of prompt + reference, the reference (and EOS) as targets."""
-    if isinstance(prompt, str):
-        segments = to_segments([prompt, reference], tokenizer, where="gate prompt")
-    else:
-        segments = to_segments([*prompt, {"role": "assistant", "content": reference}], tokenizer, where="gate prompt")
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in segments.texts]
-    return build_example(ids, segments.trainable, bos_id=None if segments.templated else _default_bos(tokenizer),
-                         eos_id=None if segments.templated else tokenizer.eos_token_id)
+def reference_rows(rows: list[dict[str, Any]], tokenizer: Any) -> dict[str, list]:
+    """input_ids and labels of each prompt + reference, the reference (and EOS) as targets: the
+    training rows' own tokenizer (``RowTokenizer``), with no length limit."""
+    samples = [[row["prompt"], str(row["reference"])] if isinstance(row["prompt"], str)
+               else [*row["prompt"], {"role": "assistant", "content": str(row["reference"])}] for row in rows]
+    segments = segment_rows(samples, tokenizer, name="gate prompts")
+    columns = {key: [s[key] for s in segments] for key in ("texts", "trainable", "templated")}
+    return RowTokenizer(tokenizer, seq_length=sys.maxsize, side="right")(columns)
