@@ -65,6 +65,25 @@ def build_eval_prompts(eval_prompts: Sequence[Any], tokenizer: Any) -> EvalPromp
     return EvalPrompts(texts, ids, {k: [m[k] for m in meta_rows] for k in sorted(keys)})
 
 
+@dataclass
+class ScoredOutputs:
+    prompts: list[str]  # one per output: each prompt repeated num_return_sequences times
+    metadata: dict[str, list[Any]]  # likewise repeated
+    means: dict[str, float]
+    columns: dict[str, list[Any]]  # per-output scores
+
+
+def score_outputs(metric_fns: Sequence[MetricFn], prompts: EvalPrompts, outputs: list[str],
+                  n_return: int) -> ScoredOutputs:
+    """Score generations (``n_return`` per prompt, in prompt order) with the metric functions: the one
+    scoring step of training evals and of the promotion gate, so both judge a model the same way."""
+    texts = [p for p in prompts.texts for _ in range(n_return)]
+    metadata = {k: [v for v in vals for _ in range(n_return)] for k, vals in prompts.metadata.items()}
+    means, columns = compute_metrics(metric_fns, samples=[p + o for p, o in zip(texts, outputs)],
+                                     prompts=texts, outputs=outputs, metadata=metadata)
+    return ScoredOutputs(texts, metadata, means, columns)
+
+
 class Evaluator:
     def __init__(self, accelerator: Accelerator, tokenizer: Any, method: SFTConfig, *,
                  eval_data: Dataset | None, prompts: EvalPrompts | None, metric_fns: Sequence[MetricFn],
@@ -128,10 +147,8 @@ class Evaluator:
             result.samples = rows
 
     def _score(self, outputs: list[str], n_return: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        prompts = [p for p in self.prompts.texts for _ in range(n_return)]
-        metadata = {k: [v for v in vals for _ in range(n_return)] for k, vals in self.prompts.metadata.items()}
-        means, columns = compute_metrics(self.metric_fns, samples=[p + o for p, o in zip(prompts, outputs)],
-                                         prompts=prompts, outputs=outputs, metadata=metadata)
+        scored = score_outputs(self.metric_fns, self.prompts, outputs, n_return)
+        prompts, metadata, means, columns = scored.prompts, scored.metadata, scored.means, scored.columns
         for fn in self.metric_fns:
             name = getattr(fn, "__name__", "")
             if name in ("exact_match", "rouge") and name not in self._warned_empty and not any(

@@ -15,11 +15,11 @@ import torch
 
 from sft_core.data.batching import collate
 from sft_core.data.prepare import RowTokenizer, segment_rows
-from sft_core.evaluation import build_eval_prompts
+from sft_core.evaluation import build_eval_prompts, score_outputs
 from sft_core.gate_set import GateSet
 from sft_core.generation import generate_texts, sweep
 from sft_core.losses import token_loss_sum
-from sft_core.metrics import compute_metrics, resolve_metric
+from sft_core.metrics import resolve_metric
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +48,8 @@ def score_model(model: Any, tokenizer: Any, gate: GateSet, method: Any, *, seed:
         torch.manual_seed(seed)  # sampled generation draws the same way for every model scored
         outputs = generate_texts(model, tokenizer, prompts.ids, gen_kwargs, batch_size=method.eval_batch_size,
                                  stop_sequences=method.stop_sequences)
-        n_return = int(gen_kwargs.get("num_return_sequences", 1))
-        texts = [t for t in prompts.texts for _ in range(n_return)]
-        metadata = {k: [v for v in values for _ in range(n_return)] for k, values in prompts.metadata.items()}
-        means, _ = compute_metrics(metric_fns, samples=[p + o for p, o in zip(texts, outputs)], prompts=texts,
-                                   outputs=outputs, metadata=metadata)
-        scores.update({f"metrics/{k}{suffix}": v for k, v in means.items()})
+        scored = score_outputs(metric_fns, prompts, outputs, int(gen_kwargs.get("num_return_sequences", 1)))
+        scores.update({f"metrics/{k}{suffix}": v for k, v in scored.means.items()})
     return scores
 
 
