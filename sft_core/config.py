@@ -292,6 +292,7 @@ class TrackingConfig(_Section):
     experiment_name: str | None = None  # None: train.project_name (trlX's), else "sftflow"
     run_name: str | None = None  # None: train.run_name (trlX's)
     run_id: str | None = None  # log into this existing MLflow run (the pipeline creates one per flow run)
+    parent_run_id: str | None = None  # open the run nested under this MLflow run (a sweep's: sft-sweep sets it)
     tags: dict[str, str] = Field(default_factory=dict)  # plus train.entity_name/group_name/tags (trlX's)
     registered_model_name: str | None = None  # register the exported model under this name
     registered_model_alias: str = "candidate"

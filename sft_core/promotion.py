@@ -104,6 +104,13 @@ def gate_metric(promotion: PromotionConfig, best_metric: str | None, scores: dic
                              "set promotion.metric to one of these")
 
 
+def gate_mode(promotion: PromotionConfig, best_mode: str | None, metric: str) -> str:
+    """promotion.mode, else train.best_mode (only with train.best_metric, which it goes with), else min
+    for a loss and max for anything else."""
+    best_mode = None if promotion.metric else best_mode
+    return promotion.mode or best_mode or ("min" if "loss" in metric else "max")
+
+
 def promote(config: Any, *, registered_name: str, version: str, model_id: str, tracking_uri: str,
             eval_prompts: list[Any] | None, data_source: str, workdir: str | Path,
             lock: Lock | None = None) -> PromotionDecision:
@@ -145,8 +152,7 @@ def _decide_and_apply(client: Any, config: Any, name: str, version: str, model_i
             **base, decision="rejected", champion_version=champion, reason=str(err))))
     candidate_scores = _score(name, version, tracking_uri, gate, config)
     metric = gate_metric(promotion, config.train.best_metric, candidate_scores)
-    best_mode = None if promotion.metric else config.train.best_mode  # train.best_mode goes with train.best_metric
-    mode = promotion.mode or best_mode or ("min" if "loss" in metric else "max")
+    mode = gate_mode(promotion, config.train.best_mode, metric)
     scored: dict[str, dict[str, float]] = {}
     for _ in range(5):  # compare-and-set: re-decide if another writer moved the alias meanwhile
         if champion is not None and champion not in scored:

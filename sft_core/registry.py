@@ -91,3 +91,37 @@ def log_and_register(
                 f"; registered {registered_name} v{version}" + (f" @{alias}" if alias else "") if registered_name else "")
     return RegisteredModel(info.model_uri, registered_name, version, alias if registered_name else None,
                            model_id=info.model_id)
+
+
+def register_logged_model(model_uri: str, *, tracking_uri: str | None, registered_name: str, alias: str | None = None,
+                          tags: dict[str, str] | None = None) -> RegisteredModel:
+    """Register a model logged earlier without a name (``models:/m-...``, e.g. a sweep's point), as a new
+    version carrying the logged model's own tags (lineage, metrics, the flow run that made it) plus ``tags``."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient(uri)
+    model_id = model_uri.removeprefix("models:/").split("/")[0]
+    logged = client.get_logged_model(model_id)
+    version_tags = {k: v for k, v in logged.tags.items() if not k.startswith("mlflow.")}
+    version_tags.update(tags or {})
+    try:
+        client.get_registered_model(registered_name)
+    except MlflowException:  # the first version of this name
+        client.create_registered_model(registered_name)
+    version = str(client.create_model_version(registered_name, model_uri, run_id=logged.source_run_id,
+                                              tags=version_tags, model_id=model_id).version)
+    if alias:
+        client.set_registered_model_alias(registered_name, alias, version)
+    logger.info("Registered %s as %s v%s%s", model_uri, registered_name, version, f" @{alias}" if alias else "")
+    return RegisteredModel(model_uri, registered_name, version, alias, model_id=model_id)
+
+
+def logged_model_metrics(model_uri: str, *, tracking_uri: str | None) -> dict[str, float]:
+    """The metrics a logged model (``models:/m-...``) carries: those of the step it was exported at."""
+    import mlflow
+
+    client = mlflow.MlflowClient(resolve_tracking_uri(tracking_uri))
+    logged = client.get_logged_model(model_uri.removeprefix("models:/").split("/")[0])
+    return {m.key: m.value for m in logged.metrics or []}

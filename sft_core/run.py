@@ -23,7 +23,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sft_core.checkpoint import list_checkpoints
-from sft_core.config import DistributedConfig, TRLConfig
+from sft_core.config import DistributedConfig, PromotionConfig, TRLConfig
 from sft_core.trlx_fields import resolve_tracking
 from sft_core.data.prepared import PreparedData, is_prepared, prepare_from_config, save_prepared
 from sft_core.data.sources import fingerprint_source
@@ -34,7 +34,7 @@ from sft_core.data.prepared import MARKER
 from sft_core.lineage import export_step, lineage_tags, metric_tags, record_data_inputs
 from sft_core.modeling import base_model_reference
 from sft_core.promotion import Lock, PromotionDecision, promote
-from sft_core.registry import log_and_register
+from sft_core.registry import RegisteredModel, log_and_register
 from sft_core.trainer import Callback, TrainSummary
 from sft_core.tracking import ensure_experiment, probe_tracking_server, redact_uri, resolve_tracking_uri
 
@@ -108,7 +108,7 @@ def start_run(config: TRLConfig, *, name: str, runs_dir: str | Path = "runs",
     tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
     tracking = resolve_tracking(config)  # trlX's train.project_name & co. where tracking.* is unset
     run_id = open_mlflow_run(tracking_uri, tracking.experiment_name, name, {**(tags or {}), **tracking.tags},
-                             reuse_tag=reuse_tag)
+                             reuse_tag=reuse_tag, parent_run_id=tracking.parent_run_id)
     config = config.evolve(
         train=dict(checkpoint_dir=str(layout.checkpoints), logging_dir=str(layout.logs),
                    resume_from_checkpoint="latest", tracker="mlflow" if run_id else "jsonl"),
@@ -211,16 +211,46 @@ def save_model(run: Run, summary: TrainSummary, *, version_tags: dict[str, str] 
     registered = log_and_register(model_dir, run_id=run.mlflow_run_id, tracking_uri=tracking.tracking_uri,
                                   registered_name=tracking.registered_model_name,
                                   alias=tracking.registered_model_alias, step=step, tags=tags)
-    decision = None
-    if registered.version:
-        decision = promote(config, registered_name=registered.registered_name, version=registered.version,
-                           model_id=registered.model_id, tracking_uri=tracking.tracking_uri,
-                           eval_prompts=eval_prompts, data_source=str(config.data.path), workdir=run.root,
-                           lock=promotion_lock)
+    decision = _gate(run, config, registered, eval_prompts, promotion_lock) if registered.version else None
     finish_run(run)
     return exported.model_copy(update=dict(model_uri=registered.model_uri, version=registered.version,
                                            registered_name=registered.registered_name, alias=registered.alias,
                                            metrics_step=step, promotion=decision))
+
+
+def register_exported(run: Run, model_uri: str, model_dir: str | Path, *, registered_name: str,
+                      alias: str | None = None, version_tags: dict[str, str] | None = None,
+                      promotion: PromotionConfig | None = None, promotion_lock: Lock | None = None) -> ExportedModel:
+    """Register a model that ``run`` logged without registering it (a sweep's best point), with the logged
+    model's lineage and metric tags plus ``version_tags``; then the promotion gate decides, by ``promotion``
+    (the sweep's settings) or else the run's own."""
+    from sft_core.registry import register_logged_model
+
+    model_dir = Path(model_dir)
+    registered = register_logged_model(model_uri, tracking_uri=run.config.tracking.tracking_uri,
+                                       registered_name=registered_name, alias=alias, tags=version_tags)
+    config = run.config.evolve(promotion=promotion) if promotion is not None else run.config
+    decision = _gate(run, config, registered, _eval_prompts(run.prepared_dir), promotion_lock)
+    return ExportedModel(model_dir=str(model_dir), files=sorted(p.name for p in model_dir.iterdir()),
+                         model_uri=registered.model_uri, registered_name=registered.registered_name,
+                         version=registered.version, alias=registered.alias, promotion=decision)
+
+
+def _gate(run: Run, config: TRLConfig, registered: RegisteredModel, eval_prompts: list[Any] | None,
+          lock: Lock | None) -> PromotionDecision:
+    return promote(config, registered_name=registered.registered_name, version=registered.version,
+                   model_id=registered.model_id, tracking_uri=config.tracking.tracking_uri, eval_prompts=eval_prompts,
+                   data_source=str(config.data.path), workdir=run.root, lock=lock)
+
+
+def load_run(root: str | Path) -> Run:
+    """A started run back from its folder alone (its config.yaml), e.g. a sweep's point to register."""
+    layout = RunLayout(Path(root).resolve())
+    if not layout.config.is_file():
+        raise SFTError(f"{root}: not a run folder (it has no {layout.config.name})")
+    config = TRLConfig.load_yaml(layout.config)
+    return Run(name=layout.root.name, root=str(layout.root), config=config, data_key=data_cache_key(config),
+               prepared_root=str(layout.root.parent / PREPARED_DIR))
 
 
 def _eval_prompts(prepared_dir: Path) -> list[Any] | None:
@@ -238,11 +268,15 @@ def _record_data_inputs(run: Run, eval_prompts: list[Any] | None) -> None:
 
 # -- the MLflow run ------------------------------------------------------------------------------------
 def open_mlflow_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str], *,
-                    reuse_tag: str | None = None) -> str | None:
+                    reuse_tag: str | None = None, parent_run_id: str | None = None) -> str | None:
     """The run's MLflow run id; None (with a warning) when MLflow is unreachable: training goes on
-    with local logs, which ``python -m sft_core sync-mlflow`` copies over later."""
+    with local logs, which ``python -m sft_core sync-mlflow`` copies over later. With ``parent_run_id``
+    the run is nested under that one (MLflow's ``mlflow.parentRunId`` tag, what its UI groups by)."""
     import mlflow
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+    if parent_run_id:
+        tags = {**tags, MLFLOW_PARENT_RUN_ID: parent_run_id}
     try:
         probe_tracking_server(tracking_uri)
         experiment_id = ensure_experiment(experiment, tracking_uri)  # first: it opens the store under a lock
