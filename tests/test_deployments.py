@@ -14,8 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
 
@@ -25,13 +26,19 @@ from sft_core.launch import free_port, kill_tree
 pytestmark = pytest.mark.slow
 SERVER: dict[str, str] = {}  # set by the `served` fixture
 BIN = Path(sys.executable).parent
+RETRAIN_YAML = """\
+train: {total_steps: 12, eval_interval: 6, checkpoint_interval: 6, batch_size: 8, seq_length: 64}
+data: {max_eval_prompts: 4}
+method: {gen_kwargs: {max_new_tokens: 6, do_sample: false}}
+"""
 SMALL = {"total_steps": 20, "eval_interval": 10,
          "overrides": {"data.num_demo_rows": 600, "data.max_eval_prompts": 16, "train.batch_size": 16}}
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """A Prefect server on a free localhost port, and `python -m deployments.serve` registered with it."""
+    """A Prefect server on a free localhost port, and `python -m deployments.serve` registered with it
+    (sft-retrain on retrain.yaml, a seconds-long run)."""
     home = tmp_path_factory.mktemp("served")
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -43,10 +50,12 @@ def served(tmp_path_factory):
     serve = None
     try:
         wait_for(lambda: _healthy(api), 120, "the Prefect server")
-        serve = subprocess.Popen([sys.executable, "-m", "deployments.serve", "--limit", "2"], cwd=home, env=env,
+        (home / "retrain.yaml").write_text(RETRAIN_YAML)  # sft-retrain's base config: a seconds-long run
+        serve = subprocess.Popen([sys.executable, "-m", "deployments.serve", "--limit", "2", "--retrain-config",
+                                  str(home / "retrain.yaml")], cwd=home, env=env,
                                  stdout=open(home / "serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
         SERVER["api"] = api
-        wait_for(lambda: len(_run(_deployments())) == 2, 120, "both deployments")
+        wait_for(lambda: len(_run(_deployments())) == 3, 120, "the three deployments")
         yield {"api": api, "home": home, "ui": f"http://127.0.0.1:{port}"}
     finally:
         for proc in (serve, server):
@@ -99,10 +108,11 @@ def finished(flow_run_id):
 
 def test_deployments_have_schedule_and_a_usable_form(served):
     by_name = {d.name: d for d in _run(_deployments())}
-    assert set(by_name) == {"sft-retrain", "sft-adhoc"}
+    assert set(by_name) == {"sft-retrain", "sft-adhoc", "watch-data"}
     retrain = by_name["sft-retrain"]
     assert [s.schedule.cron for s in retrain.schedules] == ["0 3 * * 1"]
     assert retrain.parameters["config"]["registered_model_name"] == "sftflow-demo"
+    assert [s.active for s in by_name["watch-data"].schedules] == [False]  # served without paths to watch
     assert not by_name["sft-adhoc"].schedules
     schema = by_name["sft-adhoc"].parameter_openapi_schema
     form = schema["definitions"]["PipelineConfig"]["properties"]
@@ -149,6 +159,48 @@ def test_cancelling_a_multi_process_run_leaves_no_training_process(served):
     assert done.state.is_cancelled(), done.state
     alive = lambda: [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     wait_for(lambda: not alive(), 30, f"training processes {pids} to exit")
+
+
+async def _runs_of(deployment_name: str):
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name(deployment_name)
+        return await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+
+
+def _retrain_run_on(path: str):
+    return next((r for r in _run(_runs_of("sft-pipeline/sft-retrain"))
+                 if r.parameters["config"].get("data_path") == path), None)
+
+
+@pytest.mark.extended
+def test_new_data_retrains_on_it(served, tmp_path):
+    """data-updated on a changed file: sft-retrain runs on that file and trains on it; unchanged: nothing is
+    sent; watch-data on another file: a run on that one."""
+    data = (tmp_path / "rows.jsonl").resolve()
+    data.write_text("".join(f'{{"prompt": "{i} plus {i} is", "completion": " {2 * i}"}}\n' for i in range(60)))
+    env = python_env(PREFECT_API_URL=served["api"])
+    announce = lambda: subprocess.run([sys.executable, "-m", "flows.data_updated", str(data)], cwd=tmp_path,
+                                      env=env, capture_output=True, text=True, timeout=120)
+    sent = announce()
+    assert sent.returncode == 0 and f"changed: {data}" in sent.stdout, sent.stdout + sent.stderr
+    run = wait_for(lambda: _retrain_run_on(str(data)), 60, "the sft-retrain run the event triggers")
+    done = wait_for(lambda: finished(run.id), 300, "the triggered run")
+    assert done.state.is_completed(), done.state
+    trained = yaml.safe_load((served["home"] / "runs" / run.name / "config.yaml").read_text())
+    assert trained["data"]["path"] == str(data) and trained["train"]["total_steps"] == 12  # retrain.yaml + event
+    assert (served["home"] / "runs" / run.name / "model" / "model.safetensors").exists()
+
+    again = announce()
+    assert again.returncode == 0 and f"unchanged: {data}" in again.stdout, again.stdout + again.stderr
+
+    other = (tmp_path / "more.jsonl").resolve()
+    other.write_text(data.read_text())
+    watcher = _run(_trigger("watch-data/watch-data", {"paths": [str(other)]}))
+    assert wait_for(lambda: finished(watcher.id), 120, "the watch-data run").state.is_completed()
+    wait_for(lambda: _retrain_run_on(str(other)), 60, "the run watch-data's event triggers")
+    assert [r.parameters["config"]["data_path"] for r in _run(_runs_of("sft-pipeline/sft-retrain"))
+            if r.parameters["config"].get("data_path") == str(data)] == [str(data)]  # still one run on the first
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

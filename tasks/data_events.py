@@ -1,0 +1,109 @@
+"""Announce new training data: the ``sftflow.data.updated`` event, sent only when the data's digest changed.
+
+Two callers share this: ``python -m flows.data_updated PATH`` and the scheduled ``watch-data`` flow.
+Both keep the last digest they announced in one place, a Prefect Variable per data path, written only
+after the server took the event; so a failed send is retried by the next call, and the two callers
+never announce the same bytes twice. The deployment trigger on ``sft-retrain`` (deployments/) turns
+the event into a retraining run on that path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+
+from prefect import get_run_logger, task
+from prefect.client.orchestration import get_client
+from prefect.events import Event
+from prefect.events.clients import get_events_client
+from prefect.events.related import related_resources_from_run_context
+from prefect.settings import get_current_settings
+from prefect.utilities.asyncutils import run_coro_as_sync
+from prefect.variables import Variable
+from pydantic import BaseModel
+
+from sft_core.data.digest import data_digest
+
+DATA_UPDATED_EVENT = "sftflow.data.updated"
+RESOURCE_PREFIX = "sftflow.data."  # the event's resource id: this + the data's absolute path
+PATH_LABEL = "sftflow.data.path"  # the resource label the trigger passes to sft-retrain as data_path
+DIGEST_LABEL = "sftflow.data.digest"
+VARIABLE_PREFIX = "sftflow-data-"
+
+
+class DataAnnouncement(BaseModel):
+    path: str  # absolute
+    digest: str
+    previous_digest: str | None  # the last announced one; None the first time
+    emitted: bool  # False: unchanged since the last announcement, no event
+    event_id: str | None = None
+    variable: str  # the Prefect Variable holding the last announced digest
+
+    def describe(self) -> str:
+        if not self.emitted:
+            return f"unchanged: {self.path} (digest {self.digest}); no event"
+        since = f"was {self.previous_digest}" if self.previous_digest else "first announcement"
+        return f"changed: {self.path} (digest {self.digest}, {since}); sent {DATA_UPDATED_EVENT} {self.event_id}"
+
+
+def digest_variable_name(path: str) -> str:
+    """The Variable for one data path. Variable names allow only lowercase letters, digits, - and _, so the
+    name holds a hash of the absolute path; the Variable's value names the path itself."""
+    return VARIABLE_PREFIX + hashlib.sha256(path.encode()).hexdigest()[:32]
+
+
+def data_resource(path: str, digest: str) -> dict[str, str]:
+    """The event's resource: one id per data path (the trigger's window is per id), the path as a label."""
+    return {"prefect.resource.id": RESOURCE_PREFIX + path, "prefect.resource.name": path,
+            PATH_LABEL: path, DIGEST_LABEL: digest}
+
+
+def require_api() -> None:
+    """An event sent to a temporary server that lives for this one command would trigger nothing."""
+    if not get_current_settings().api.url:
+        raise RuntimeError("PREFECT_API_URL is not set: the sftflow.data.updated event must reach the Prefect "
+                           "server that runs sft-retrain (e.g. `prefect config set "
+                           "PREFECT_API_URL=http://127.0.0.1:4200/api`)")
+
+
+def announce_if_changed(path: str, *, force: bool = False) -> DataAnnouncement:
+    """Digest ``path``; when it differs from the last announced digest (or ``force``), send the event,
+    then record the digest. Raises sft_core's DataError naming the path for a missing or remote path."""
+    return run_coro_as_sync(_announce(path, force=force))
+
+
+async def _announce(path: str, *, force: bool) -> DataAnnouncement:
+    require_api()
+    current = data_digest(path)
+    name = digest_variable_name(current.path)
+    last = await Variable.aget(name, default=None)
+    previous = last.get("digest") if isinstance(last, dict) else None
+    result = DataAnnouncement(path=current.path, digest=current.digest, previous_digest=previous, emitted=False,
+                              variable=name)
+    if previous == current.digest and not force:
+        return result
+    async with get_client() as client:
+        related = await related_resources_from_run_context(client)  # the watch-data run, when there is one
+    event = Event(event=DATA_UPDATED_EVENT, resource=data_resource(current.path, current.digest), related=related,
+                  payload={"digest": current.digest, "previous_digest": previous})
+    # checkpoint_every=1: emit() returns once the server has acknowledged the event (a websocket ping
+    # after it), so the Variable below never records a digest whose event was lost on the way.
+    async with get_events_client(checkpoint_every=1) as events:
+        await events.emit(event)
+    await Variable.aset(name, {"path": current.path, "digest": current.digest, "event_id": str(event.id),
+                               "announced_at": datetime.now(timezone.utc).isoformat()},
+                        tags=["sftflow", "data-digest"], overwrite=True)
+    return result.model_copy(update={"emitted": True, "event_id": str(event.id)})
+
+
+def _not_bad_input(task, task_run, state) -> bool:
+    return not isinstance(state.result(raise_on_failure=False), ValueError)
+
+
+@task(name="announce_data", retries=2, retry_delay_seconds=10, retry_condition_fn=_not_bad_input)
+def announce_data(path: str) -> DataAnnouncement:
+    """One watched path: the event if its content changed since the last announcement (retried on a
+    network error; bad input, a ValueError, is not retried)."""
+    announced = announce_if_changed(path)
+    get_run_logger().info(announced.describe())
+    return announced
