@@ -33,7 +33,7 @@ from flows.sft import _warm_up_local_tracking, sft_pipeline
 from sft_core.config import parse_set_args
 from sft_core.errors import SFTError
 from sft_core.promotion import PromotionDecision
-from sft_core.sweep import PointOutcome, Ranking, close_sweep_run, parse_grid_args, point_label
+from sft_core.sweep import PointOutcome, Ranking, check_grid, close_sweep_run, parse_grid_args, point_label
 from tasks.params import PipelineConfig
 from tasks.sweep import SweepPlan, completed_outcome, open_sweep, point_params, rank_points, register_best
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-name", help="the sweep's name; points run as NAME-p1, NAME-p2, ...")
     args = parser.parse_args(argv)
     try:
-        grid = parse_grid_args(args.grid)
+        grid = check_grid(parse_grid_args(args.grid))  # a typo fails here, before any run starts
     except SFTError as err:
         parser.error(str(err))
     params = PipelineConfig(config_path=args.config, overrides=parse_set_args(args.set), run_name=args.run_name)
