@@ -7,10 +7,12 @@ every point fails fails.
 
 from __future__ import annotations
 
+import subprocess
+
 import mlflow
 import pytest
 
-from conftest import flow_run_artifacts, settled, small_run
+from conftest import PYTHON, flow_run_artifacts, python_env, settled, small_run
 from flows.sweep import AllPointsFailed, sft_sweep
 from sft_core.config import PromotionConfig
 from sft_core.errors import ConfigError
@@ -117,6 +119,18 @@ def test_a_sweep_whose_every_point_fails_fails_listing_each_error(prefect_server
     runs = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(
         [mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("sftflow").experiment_id])
     assert [(r.info.run_name, r.info.status) for r in runs] == [("sweep-all-bad", "FAILED")]
+
+
+@pytest.mark.extended  # ~7 s of CPU, nearly all of it importing torch & co. in a fresh interpreter
+def test_the_command_refuses_a_grid_field_the_config_lacks(tmp_path):
+    """python -m flows.sweep names the bad field and exits 2 before any run starts (a configured, unreachable
+    server: the command must not need it to refuse its arguments)."""
+    done = subprocess.run([PYTHON, "-m", "flows.sweep", "--grid", "optimizer.kwargs.lr=1e-3,3e-3",
+                           "--grid", "train.batchsize=8,16"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env=python_env(PREFECT_API_URL="http://127.0.0.1:9/api"))
+    assert done.returncode == 2, done.stderr
+    assert "train.batchsize: parameter train.batchsize is not present in the config" in done.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_a_bad_grid_fails_before_any_point_runs(prefect_server, tmp_path):
