@@ -21,6 +21,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
 
 from conftest import python_env, wait_for
+from sft_core.data.digest import data_digest
 from sft_core.launch import free_port, kill_tree
 
 pytestmark = pytest.mark.slow
@@ -177,6 +178,8 @@ def _retrain_run_on(path: str):
 def test_new_data_retrains_on_it(served, tmp_path):
     """data-updated on a changed file: sft-retrain runs on that file and trains on it; unchanged: nothing is
     sent; watch-data on another file: a run on that one."""
+    import mlflow
+
     data = (tmp_path / "rows.jsonl").resolve()
     data.write_text("".join(f'{{"prompt": "{i} plus {i} is", "completion": " {2 * i}"}}\n' for i in range(60)))
     env = python_env(PREFECT_API_URL=served["api"])
@@ -190,6 +193,10 @@ def test_new_data_retrains_on_it(served, tmp_path):
     trained = yaml.safe_load((served["home"] / "runs" / run.name / "config.yaml").read_text())
     assert trained["data"]["path"] == str(data) and trained["train"]["total_steps"] == 12  # retrain.yaml + event
     assert (served["home"] / "runs" / run.name / "model" / "model.safetensors").exists()
+    versions = mlflow.MlflowClient(f"sqlite:///{served['home'] / 'mlflow.db'}").search_model_versions(
+        "name='sftflow-demo'")
+    (version,) = [v for v in versions if v.tags.get("sftflow.data.path") == str(data)]
+    assert version.tags["sftflow.data.digest"] == data_digest(data).digest  # the digest the event announced
 
     again = announce()
     assert again.returncode == 0 and f"unchanged: {data}" in again.stdout, again.stdout + again.stderr
