@@ -69,7 +69,8 @@ class PipelineConfig(BaseModel):
     train_timeout_minutes: OptionalFloat = Field(
         None, gt=0, description="Kill training (the whole process tree) after this long. Runs it as a child.")
     concurrency_limit: OptionalStr = Field(
-        None, description="Name of a Prefect global concurrency limit to hold while training, e.g. 'gpu'.")
+        None, description="Prefect global concurrency limit to hold while training (created with limit 1 when "
+                          "missing). Empty: 'sft-train' for a deployment's run, none for a local run.")
 
     run_name: OptionalStr = Field(
         None, description="Run folder name under runs_dir. Empty: the flow run's name. An existing run resumes "

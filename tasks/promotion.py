@@ -13,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
 from sft_core.promotion import PromotionDecision
+from tasks.concurrency import ensure_limit, hold  # noqa: F401 - ensure_limit: still imported from here
 
 PROMOTION_LIMIT_PREFIX = "sftflow-promotion-"  # + the registered model's name: one decision at a time per model
 
@@ -21,25 +22,8 @@ PROMOTION_LIMIT_PREFIX = "sftflow-promotion-"  # + the registered model's name: 
 def promotion_lock(registered_name: str) -> Iterator[None]:
     """One slot of a Prefect global concurrency limit (limit 1) per registered model, created when missing:
     runs on different machines, sharing one MLflow server, then decide one after the other."""
-    from prefect.concurrency.sync import concurrency
-
-    name = PROMOTION_LIMIT_PREFIX + registered_name
-    ensure_limit(name)
-    with concurrency(name, occupy=1, strict=True):
+    with hold(PROMOTION_LIMIT_PREFIX + registered_name):
         yield
-
-
-def ensure_limit(name: str, limit: int = 1) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            with contextlib.suppress(ObjectAlreadyExists):  # another run created it meanwhile
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
 
 
 def decision_resource(decision: PromotionDecision) -> dict[str, str]:
