@@ -15,6 +15,7 @@ from sft_core.data.prepared import prepare_from_config
 from sft_core.evaluation import build_eval_prompts
 from sft_core.metrics import MetricFn, resolve_metrics
 from sft_core.modeling import enable_gradient_checkpointing, load_model, load_tokenizer
+from sft_core.nodes import naming_lost_nodes
 from sft_core.trainer import AccelerateSFTTrainer, Callback
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,15 @@ def train(  # noqa: PLR0913 - trlX's signature, argument for argument
         config = config.evolve(method=dict(stop_sequences=list(stop_sequences)))
 
     accelerator = make_accelerator(config)
+    with naming_lost_nodes(config.distributed):  # several machines: a failure caused by a dead node names it
+        return _train(config, accelerator, samples=samples, eval_samples=eval_samples, eval_prompts=eval_prompts,
+                      metric_fn=metric_fn, callbacks=callbacks, trainer_cls=trainer_cls)
+
+
+def _train(config: TRLConfig, accelerator: Accelerator, *, samples: Sequence[Any] | None,
+           eval_samples: Sequence[Any] | None, eval_prompts: Sequence[Any] | None,
+           metric_fn: Callable[..., dict[str, Any]] | None, callbacks: Sequence[Callback],
+           trainer_cls: type[AccelerateSFTTrainer]) -> AccelerateSFTTrainer:
     set_seed(config.train.seed)
     tokenizer = load_tokenizer(config.tokenizer, config.model)
     metric_fns: list[MetricFn] = resolve_metrics(config.method)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 from sft_core.config import TRLConfig, default_sft_config
@@ -25,13 +27,18 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.wait_for_config:
+        wait_for_file(args.config, args.wait_for_config)
+    config = load_config(args.config, args.set)
+    output = Path(args.output) if args.output else Path(config.train.checkpoint_dir).parent / "model"
+    if config.distributed.launches_child and "LOCAL_RANK" not in os.environ:
+        return launch_this_node(args, config, output)
+
     from accelerate import PartialState
 
     from sft_core.api import train
 
-    config = load_config(args.config, args.set)
     trainer = train(config=config)
-    output = Path(args.output) if args.output else Path(config.train.checkpoint_dir).parent / "model"
     trainer.save_pretrained(output)
     if PartialState().is_main_process:
         trainer.summary.model_dir = str(output.resolve())  # this command exported it
@@ -42,6 +49,33 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"\nTrained {summary['steps']} steps in {summary['train_seconds']:.0f}s ({metrics}).")
         print(f"Model: {output.resolve()}   Logs: {Path(config.train.logging_dir).resolve()}")
     return 0
+
+
+def launch_this_node(args: argparse.Namespace, config: TRLConfig, output: Path) -> int:
+    """Several processes or machines: start this machine's launcher (torchrun, or accelerate launch on GPUs)
+    over the same command, which its workers then run. On several machines node k runs
+    ``python -m sft_core train CONFIG --set distributed.machine_rank=k``; every node uses the same CONFIG."""
+    from sft_core.launch import ChildFailed, launch_command, run_child
+
+    cmd, env = launch_command(args.config, config.distributed, output_dir=output, overrides=args.set)
+    logging.getLogger("sft_core").info("Launching: %s", " ".join(cmd))
+    try:
+        run_child(cmd, env=env, on_line=print)
+    except ChildFailed as err:  # its output was printed as it came; the reason is the message's first line
+        print(f"error: {str(err).partition(chr(10))[0]}", file=sys.stderr)
+        return err.exit_code or 1
+    return 0
+
+
+def wait_for_file(path: str | None, timeout_s: float) -> None:
+    """Other nodes of a pipeline run start before node 0 has written the run's train_config.yaml."""
+    if path is None:
+        raise SFTError("--wait-for-config needs a CONFIG path")
+    deadline = time.monotonic() + timeout_s
+    while not Path(path).is_file():
+        if time.monotonic() > deadline:
+            raise SFTError(f"{path}: config file did not appear within --wait-for-config {timeout_s:g} s")
+        time.sleep(1.0)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -163,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(sub.add_parser("train", help="fine-tune, then export a HuggingFace model folder"))
     p.add_argument("--output", help="model folder (default: next to train.checkpoint_dir, named model/)")
+    p.add_argument("--wait-for-config", type=float, default=0, metavar="SECONDS",
+                   help="wait up to this long for CONFIG to appear (another node of a multi-node run writes it)")
     p.set_defaults(func=cmd_train)
     p = with_config(sub.add_parser("run", help="the whole pipeline without Prefect: run folder, MLflow, "
                                                 "training, registration"))
@@ -203,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (SFTError, FileExistsError) as err:  # the input is wrong: a retry will not help
-        print(f"error: {err}", file=sys.stderr)
+        from sft_core.launch import CAUSE_MARK
+
+        # A launched worker: the launcher's error then says why, not just torchrun's exit code.
+        print(f"{CAUSE_MARK if 'LOCAL_RANK' in os.environ else 'error: '}{err}", file=sys.stderr)
         return BAD_INPUT_EXIT_CODE
     except ConnectionError as err:  # e.g. the package index is unreachable: worth a retry
         print(f"error: {err}", file=sys.stderr)

@@ -317,10 +317,48 @@ class PromotionConfig(_Section):
 
 
 class DistributedConfig(_Section):
+    """How many processes train, on how many machines. Several processes or machines launch a child
+    through torchrun (CPU) or ``accelerate launch`` (GPU); see sft_core.launch."""
+
     section: ClassVar[str] = "distributed"
-    num_processes: int = Field(1, ge=1)  # >1 launches a child through torchrun
+    # Processes on THIS machine (one per GPU), for torchrun and accelerate launch alike; the run has
+    # num_processes * num_machines ranks. >1 (or num_machines >1) launches a child.
+    num_processes: int = Field(1, ge=1)
     accelerate_config: Literal["single", "ddp", "zero2", "zero3"] | str = "single"  # shipped name or a YAML path
     use_cpu: bool = False  # force CPU even where a GPU is present (CPU DDP runs over gloo)
+    # Several machines: every node runs the same config with its own machine_rank (0 .. num_machines-1).
+    num_machines: int = Field(1, ge=1)
+    machine_rank: int = Field(0, ge=0)  # this node; node 0 hosts the rendezvous store (static backend)
+    main_process_ip: str | None = None  # address of node 0 (or of the c10d endpoint); needed with num_machines >1
+    main_process_port: int | None = Field(None, ge=1, le=65535)  # None: a free port on one machine, 29500 on several
+    rdzv_backend: Literal["static", "c10d"] = "static"  # static: fixed node ranks; c10d: torchrun's rendezvous
+
+    @model_validator(mode="after")
+    def _machines_agree(self) -> DistributedConfig:
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(f"distributed.machine_rank ({self.machine_rank}) must be below distributed.num_machines "
+                             f"({self.num_machines}): nodes are numbered 0 .. num_machines-1")
+        if self.num_machines > 1 and not (self.main_process_ip or "").strip():
+            raise ValueError(f"distributed.main_process_ip is required with distributed.num_machines "
+                             f"{self.num_machines}: the address every node reaches node 0 at")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        """Ranks in the whole run."""
+        return self.num_processes * self.num_machines
+
+    @property
+    def launches_child(self) -> bool:
+        """Whether training runs under a launcher (torchrun / accelerate launch) rather than as one process."""
+        return self.world_size > 1 or self.accelerate_config != "single"
+
+    @property
+    def rendezvous_port(self) -> int | None:
+        """The port every node meets at: the configured one, torchrun's 29500 on several machines, else None."""
+        if self.main_process_port is None and self.num_machines > 1:
+            return 29500
+        return self.main_process_port
 
 
 class TRLConfig(_Section):

@@ -1,5 +1,9 @@
 """Run training in a child process group: torchrun on CPUs, `accelerate launch` with a shipped config on GPUs.
 
+On several machines each node runs its own launcher with the same config and its own
+``distributed.machine_rank`` (``python -m sft_core train CONFIG --set distributed.machine_rank=k``);
+the launchers meet at ``main_process_ip:main_process_port``.
+
 The child's output is streamed line by line to a callback; a deadline, a cancel or an error in
 the parent kills every process the child started (torchrun's workers run in sessions of their
 own, so the whole tree is collected and signalled, then SIGKILLed after a grace period).
@@ -18,13 +22,18 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import psutil
 
 from sft_core.config import DistributedConfig
 
 LAUNCH_CONFIGS = Path(__file__).with_name("launch_configs")
+
+
+# A worker that knows why it fails prints this and the reason on one line (sft_core.nodes does for a lost
+# node); run_child puts the first such reason into its error, ahead of the log's tail.
+CAUSE_MARK = "sftflow: training failed because "
 
 
 class ChildFailed(RuntimeError):
@@ -36,28 +45,51 @@ class ChildFailed(RuntimeError):
         super().__init__(message + ("\n--- last lines ---\n" + "\n".join(tail) if tail else ""))
 
 
-def launch_command(config_path: str | Path, dist: DistributedConfig, *, output_dir: str | Path,
-                   gpu_available: bool | None = None) -> tuple[list[str], dict[str, str]]:
-    """The command line and extra environment for one training run."""
-    if gpu_available is None:
+def launch_command(config_path: str | Path | None, dist: DistributedConfig, *, output_dir: str | Path,
+                   gpu_available: bool | None = None, overrides: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
+    """The command line and extra environment for this machine's part of one training run.
+
+    ``dist.num_processes`` is per machine for both launchers: torchrun gets it as --nproc_per_node,
+    accelerate launch (whose --num_processes counts every machine's) gets num_processes * num_machines.
+    ``config_path`` None trains the embedded demo; ``overrides`` are passed on as ``--set`` arguments.
+    """
+    if gpu_available is None and not dist.use_cpu:
         import torch
 
         gpu_available = torch.cuda.is_available()
-    train_args = ["-m", "sft_core", "train", str(config_path), "--output", str(output_dir)]
+    train_args = ["-m", "sft_core", "train", *([str(config_path)] if config_path else []),
+                  *(arg for item in overrides for arg in ("--set", item)), "--output", str(output_dir)]
     env = {"PYTHONUNBUFFERED": "1"}
-    if dist.num_processes == 1 and dist.accelerate_config == "single":
+    if not dist.launches_child:
         return [sys.executable, *train_args], env
+    port = dist.rendezvous_port or free_port()
     if dist.use_cpu or not gpu_available:
         # `accelerate launch --cpu --num_processes N` silently runs one process; torchrun does not
         # (https://github.com/huggingface/accelerate/issues/2741).
         env["ACCELERATE_USE_CPU"] = "true"
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(dist.num_processes),
-                "--master_port", str(free_port()), *train_args], env
+                *_torchrun_node_args(dist, port), *train_args], env
     config_file = dist.accelerate_config
     if (LAUNCH_CONFIGS / f"{config_file}.yaml").exists():
         config_file = str(LAUNCH_CONFIGS / f"{config_file}.yaml")
+    machines = []
+    if dist.num_machines > 1:
+        machines = ["--num_machines", str(dist.num_machines), "--machine_rank", str(dist.machine_rank),
+                    "--main_process_ip", str(dist.main_process_ip), "--rdzv_backend", dist.rdzv_backend]
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file, "--num_processes",
-            str(dist.num_processes), "--main_process_port", str(free_port()), *train_args], env
+            str(dist.world_size), *machines, "--main_process_port", str(port), *train_args], env
+
+
+def _torchrun_node_args(dist: DistributedConfig, port: int) -> list[str]:
+    """torchrun's arguments for where this machine meets the others."""
+    if dist.num_machines == 1:
+        return ["--master_port", str(port)]
+    nodes = ["--nnodes", str(dist.num_machines), "--node_rank", str(dist.machine_rank)]
+    if dist.rdzv_backend == "static":  # node 0's agent hosts the store at main_process_ip:port
+        return [*nodes, "--master_addr", str(dist.main_process_ip), "--master_port", str(port)]
+    # c10d: the store lives at the endpoint; the id only has to be the same on every node of this job
+    return [*nodes, "--rdzv_backend", "c10d", "--rdzv_endpoint", f"{dist.main_process_ip}:{port}",
+            "--rdzv_id", f"sftflow-{port}"]
 
 
 def run_child(cmd: list[str], *, env: dict[str, str], cwd: str | Path | None = None,
@@ -71,6 +103,7 @@ def run_child(cmd: list[str], *, env: dict[str, str], cwd: str | Path | None = N
     lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    cause = ""
     deadline = time.monotonic() + timeout_s if timeout_s else None
     try:
         while True:
@@ -83,6 +116,8 @@ def run_child(cmd: list[str], *, env: dict[str, str], cwd: str | Path | None = N
             if line:
                 tail.append(line)
                 on_line(line)
+                if not cause and CAUSE_MARK in line:
+                    cause = line.split(CAUSE_MARK, 1)[1].strip()
             if on_tick is not None:
                 on_tick()
             if deadline is not None and time.monotonic() > deadline:
@@ -93,7 +128,8 @@ def run_child(cmd: list[str], *, env: dict[str, str], cwd: str | Path | None = N
         if proc.poll() is None:  # cancelled, interrupted or failed in the parent: take the children down
             kill_tree(proc.pid)
     if code != 0:
-        raise ChildFailed(f"training process exited with code {code}", list(tail), exit_code=code)
+        reason = f": {cause}" if cause else ""
+        raise ChildFailed(f"training process exited with code {code}{reason}", list(tail), exit_code=code)
 
 
 def kill_tree(pid: int, grace_s: float = 10.0) -> None:

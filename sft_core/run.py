@@ -58,8 +58,7 @@ class Launch(BaseModel):
         """auto: in this process for one process without a deadline (fastest to start); else a child,
         since only a child process can be killed on time or spread over several processes."""
         if mode == "auto":
-            single = dist.num_processes == 1 and dist.accelerate_config == "single"
-            mode = "in_process" if single and timeout_s is None else "subprocess"
+            mode = "in_process" if not dist.launches_child and timeout_s is None else "subprocess"
         if mode == "in_process" and timeout_s is not None:
             raise SFTError("a training deadline needs launch mode 'subprocess': blocking code in this "
                            "process cannot be stopped on time")

@@ -35,6 +35,7 @@ from sft_core.layout import BEST_DIR, LOSS_CURVE_FILE, METRICS_FILE, SUMMARY_FIL
 from sft_core.losses import token_loss_sum
 from sft_core.metrics import MetricFn
 from sft_core.modeling import resolve_tokens_per_pass
+from sft_core.nodes import check_shared_folder
 from sft_core.optim import build_optimizer, build_scheduler
 from sft_core.plots import plot_training_curves
 from sft_core.progress import StepLog, show
@@ -144,6 +145,8 @@ class AccelerateSFTTrainer:
 
     def _learn(self) -> TrainSummary:
         train = self.config.train
+        if self.config.distributed.num_machines > 1:  # every rank writes into each checkpoint
+            check_shared_folder(self.accelerator, self.checkpoint_dir, self.config.distributed.machine_rank)
         self._maybe_resume()
         self.trackers.log_params(self.config.flat())
         batches = self.sampler.iter_from(BatchPosition(self.state.epoch, self.state.batch_in_epoch))

@@ -1,0 +1,196 @@
+"""Several machines, as two "nodes" on localhost: two launcher processes (torchrun each, --nnodes 2) that
+meet over a rendezvous (gloo on the CPU). Each node is started the documented way,
+`python -m sft_core train CONFIG --set distributed.machine_rank=k`."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import PYTHON, python_env, tiny_config, wait_for
+from sft_core.checkpoint import list_checkpoints
+from sft_core.config import TRLConfig
+from sft_core.errors import ConfigError
+from sft_core.launch import ChildFailed, free_port, launch_command, run_child
+from sft_core.nodes import SHARED_CHECK_DIR
+from sft_core.tracking import read_history
+
+TWO_NODES = dict(num_machines=2, main_process_ip="127.0.0.1", use_cpu=True)
+
+
+# -- settings and commands (no processes) -----------------------------------------------------------
+@pytest.mark.parametrize("distributed, field", [
+    (dict(num_machines=2, machine_rank=2, main_process_ip="10.0.0.1"), "distributed.machine_rank"),
+    (dict(num_machines=2), "distributed.main_process_ip"),
+    (dict(main_process_port=70000), "distributed.main_process_port"),
+    (dict(num_machines=0), "distributed.num_machines"),
+    (dict(rdzv_backend="etcd"), "distributed.rdzv_backend"),
+])
+def test_multinode_settings_are_checked_at_the_edge(distributed, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        TRLConfig.from_dict({"distributed": distributed})
+
+
+def node(machine_rank: int, **distributed):
+    return TRLConfig.from_dict({"distributed": dict(num_machines=2, main_process_ip="10.0.0.1",
+                                                    machine_rank=machine_rank, **distributed)}).distributed
+
+
+def test_num_processes_is_per_machine_for_torchrun_and_accelerate_launch():
+    static, _ = launch_command("c.yaml", node(1, num_processes=4, use_cpu=True), output_dir="m")
+    assert static[static.index("--nproc_per_node") + 1] == "4"
+    assert static[static.index("--nnodes") + 1:static.index("--nnodes") + 6] == [
+        "2", "--node_rank", "1", "--master_addr", "10.0.0.1"]
+    assert static[static.index("--master_port") + 1] == "29500"  # every node must agree: no random port
+
+    c10d, _ = launch_command("c.yaml", node(1, use_cpu=True, rdzv_backend="c10d", main_process_port=29400),
+                             output_dir="m", overrides=["distributed.machine_rank=1"])
+    assert c10d[c10d.index("--rdzv_endpoint") + 1] == "10.0.0.1:29400"
+    assert c10d[c10d.index("--rdzv_backend") + 1] == "c10d" and "--rdzv_id" in c10d
+    assert c10d[-5:] == ["c.yaml", "--set", "distributed.machine_rank=1", "--output", "m"]
+
+    gpus, _ = launch_command("c.yaml", node(1, num_processes=4, accelerate_config="ddp"), output_dir="m",
+                             gpu_available=True)
+    assert gpus[gpus.index("--num_processes") + 1] == "8"  # accelerate launch counts every machine's processes
+    assert gpus[gpus.index("--num_machines") + 1:gpus.index("--num_machines") + 8] == [
+        "2", "--machine_rank", "1", "--main_process_ip", "10.0.0.1", "--rdzv_backend", "static"]
+
+
+# -- real nodes ------------------------------------------------------------------------------------
+def write_config(run_dir: Path, **sections) -> Path:
+    path = run_dir / "config.yaml"
+    tiny_config(run_dir, **sections).save_yaml(path)
+    return path
+
+
+def start_node(config: Path, machine_rank: int, log: Path, *sets: str) -> subprocess.Popen:
+    args = [arg for item in (f"distributed.machine_rank={machine_rank}", *sets) for arg in ("--set", item)]
+    return subprocess.Popen([PYTHON, "-m", "sft_core", "train", str(config), *args], env=python_env(OMP_NUM_THREADS="1"),
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_tree_now(proc: subprocess.Popen) -> None:
+    """Freeze, then SIGKILL, a node's whole launcher tree (CLI, torchrun agent, workers)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root = psutil.Process(proc.pid)
+        family = [root, *root.children(recursive=True)]
+        for p in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.suspend()  # first stop all, so none of them runs another step while the others die
+        for p in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+    proc.wait(timeout=30)
+
+
+def finish(nodes: list[subprocess.Popen], logs: list[Path], timeout_s: float = 600) -> None:
+    try:
+        for proc, log in zip(nodes, logs):
+            assert proc.wait(timeout=timeout_s) == 0, log.read_text()[-4000:]
+    finally:
+        for proc in nodes:
+            if proc.poll() is None:
+                kill_tree_now(proc)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """step -> train/loss; for a resumed run the newest line for a step wins."""
+    return {h["step"]: h["train/loss"] for h in read_history(run_dir / "logs" / "metrics.jsonl") if "train/loss" in h}
+
+
+FAST = dict(total_steps=20, eval_interval=20, checkpoint_interval=20, log_interval=1)
+
+
+@pytest.mark.slow
+def test_two_nodes_train_as_one_process_with_the_same_global_batch(tmp_path):
+    """2 nodes x batch 4 = 1 process x batch 8: the same rows per step, so the same loss per step."""
+    from sft_core import train
+
+    nodes_dir, one_dir = tmp_path / "nodes", tmp_path / "one"
+    nodes_dir.mkdir()
+    config = write_config(nodes_dir, train=dict(FAST, batch_size=4), data=dict(max_eval_prompts=0),
+                          distributed=dict(TWO_NODES, main_process_port=free_port()))
+    logs = [nodes_dir / f"node{k}.log" for k in (0, 1)]
+    finish([start_node(config, k, logs[k]) for k in (0, 1)], logs)
+
+    train(config=tiny_config(one_dir, train=dict(FAST, batch_size=8), data=dict(max_eval_prompts=0)))
+    a, b = losses(one_dir), losses(nodes_dir)
+    rows = [h for h in read_history(nodes_dir / "logs" / "metrics.jsonl") if "train/loss" in h]
+    assert [h["step"] for h in rows] == list(range(1, 21))  # global rank 0 alone logs: one line per step
+    worst = max(abs(a[s] - b[s]) for s in range(1, 21))
+    assert worst < 1e-4, worst
+    checkpoint = nodes_dir / "checkpoints" / "step-20"
+    assert sorted(p.name for p in checkpoint.glob("random_states_*.pkl")) == ["random_states_0.pkl",
+                                                                             "random_states_1.pkl"]
+    assert not (nodes_dir / "checkpoints" / SHARED_CHECK_DIR).exists()  # the start-up check cleaned up
+    assert "Trained 20 steps" in logs[0].read_text() and "Trained 20 steps" not in logs[1].read_text()
+
+
+@pytest.mark.extended
+def test_a_checkpoint_folder_that_is_not_shared_is_refused_by_name(tmp_path):
+    """Node 1 writes into another folder than node 0 sees, as with a node-local disk."""
+    config = write_config(tmp_path, train=FAST, data=dict(max_eval_prompts=0),
+                          distributed=dict(TWO_NODES, main_process_port=free_port()))
+    logs = [tmp_path / f"node{k}.log" for k in (0, 1)]
+    nodes = [start_node(config, 0, logs[0]),
+             start_node(config, 1, logs[1], f"train.checkpoint_dir={tmp_path / 'node1-local' / 'checkpoints'}")]
+    codes = [proc.wait(timeout=600) for proc in nodes]
+    assert codes[0] != 0 and codes[1] != 0
+    out = logs[0].read_text()
+    assert "train.checkpoint_dir" in out and "is not shared storage" in out, out[-3000:]
+    assert "node 1 (machine_rank 1)" in out
+    assert not list_checkpoints(tmp_path / "checkpoints")
+
+
+@pytest.mark.extended
+def test_a_killed_node_is_named_and_both_nodes_resume_to_the_end(tmp_path):
+    """Node 1's launcher tree is killed after the second checkpoint: node 0 fails naming node 1, no
+    half-written checkpoint is left, and both nodes relaunched resume to step 20."""
+    import mlflow
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config_path = write_config(
+        tmp_path, train=dict(FAST, checkpoint_interval=2, save_total_limit=None, resume_from_checkpoint="latest",
+                             tracker="mlflow"),
+        data=dict(max_eval_prompts=0), tracking=dict(tracking_uri=tracking_uri, experiment_name="two-nodes"),
+        distributed=dict(TWO_NODES, main_process_port=free_port()))
+    config = TRLConfig.load_yaml(config_path)
+    checkpoints = tmp_path / "checkpoints"
+
+    # Node 0 as the pipeline's train task runs it: run_child over launch_command's torchrun.
+    cmd, env = launch_command(config_path, config.distributed, output_dir=tmp_path / "model")
+    lines: list[str] = []
+    node1_log = tmp_path / "node1.log"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        node0 = pool.submit(run_child, cmd, env={**env, "OMP_NUM_THREADS": "1"}, on_line=lines.append, timeout_s=600)
+        node1 = start_node(config_path, 1, node1_log)
+        try:
+            wait_for(lambda: (checkpoints / "step-4" / "trainer_state.json").exists(), 300, "the second checkpoint",
+                     proc=node1, every_s=0.01)
+        finally:
+            kill_tree_now(node1)
+        with pytest.raises(ChildFailed) as failed:
+            node0.result(timeout=300)
+    message = str(failed.value).partition("\n")[0]
+    assert "node 1 (machine_rank 1) exited or died" in message, "\n".join(lines[-60:])
+    done = [step for step, _ in list_checkpoints(checkpoints)]
+    assert done and done[-1] < 20, "node 1 was killed after the run ended; nothing was tested"
+    for path in checkpoints.glob("step-*"):  # complete or absent
+        assert (path / "trainer_state.json").exists() and (path / "random_states_1.pkl").exists(), path
+    assert not list(checkpoints.glob(".tmp-*"))
+
+    logs = [tmp_path / f"resume-node{k}.log" for k in (0, 1)]
+    again = f"distributed.main_process_port={free_port()}"
+    finish([start_node(config_path, k, logs[k], again) for k in (0, 1)], logs)
+    assert f"Resumed from {checkpoints / f'step-{done[-1]}'} at step {done[-1]}" in logs[0].read_text()
+    assert sorted(losses(tmp_path)) == list(range(1, 21))
+    assert [step for step, _ in list_checkpoints(checkpoints)][-1] == 20
+    # One MLflow run per launch, written by global rank 0 only (not one per node).
+    experiment = mlflow.MlflowClient(tracking_uri).get_experiment_by_name("two-nodes")
+    runs = mlflow.MlflowClient(tracking_uri).search_runs([experiment.experiment_id])
+    assert len(runs) == 2, [r.info.run_name for r in runs]
