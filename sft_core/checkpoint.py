@@ -113,8 +113,11 @@ def save_checkpoint(accelerator: Accelerator, path: Path, trainer_state: dict[st
     def write(tmp: Path) -> None:
         accelerator.save_state(str(tmp), safe_serialization=True)
         if not save_optimizer and accelerator.is_main_process:  # Accelerate always writes it; trlX's switch drops it
-            for file in tmp.glob(f"{OPTIMIZER_NAME}*.bin"):
-                file.unlink(missing_ok=True)
+            for found in _optimizer_states(tmp):
+                if found.is_dir():
+                    shutil.rmtree(found)
+                else:
+                    found.unlink(missing_ok=True)
         if accelerator.is_main_process:
             (tmp / CHECKPOINT_CONFIG_FILE).write_text(config_yaml)
             (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))  # last: marks it complete
@@ -131,7 +134,7 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict[str, Any]:
             # Upstream: https://github.com/huggingface/accelerate/issues/4283 (open; a warning is
             # proposed in https://github.com/huggingface/accelerate/pull/4308).
             accelerate_load(rng_file)
-        if any(path.glob(f"{OPTIMIZER_NAME}*.bin")) or accelerator.distributed_type == DistributedType.DEEPSPEED:
+        if _optimizer_states(path) or accelerator.distributed_type == DistributedType.DEEPSPEED:
             accelerator.load_state(str(path))
         else:
             with _without_optimizers(accelerator):
@@ -143,6 +146,12 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict[str, Any]:
                           f"and states, so it was not loaded (loading them could run code): "
                           f"{str(err).splitlines()[0]}") from None
     return json.loads((path / STATE_FILE).read_text())
+
+
+def _optimizer_states(path: Path) -> list[Path]:
+    """The optimizer state Accelerate wrote: optimizer.bin (optimizer_N.bin), or under FSDP with a sharded
+    state dict a folder optimizer_N/ of torch.distributed.checkpoint shards."""
+    return [p for p in path.glob(f"{OPTIMIZER_NAME}*") if p.suffix == ".bin" or p.is_dir()]
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import psutil
 
 from sft_core.config import DistributedConfig
+from sft_core.fsdp_glue import require_gpu_for_fsdp
 
 LAUNCH_CONFIGS = Path(__file__).with_name("launch_configs")
 
@@ -64,6 +65,7 @@ def launch_command(config_path: str | Path | None, dist: DistributedConfig, *, o
         return [sys.executable, *train_args], env
     port = dist.rendezvous_port or free_port()
     if dist.use_cpu or not gpu_available:
+        require_gpu_for_fsdp(dist, gpu_available=False)  # FSDP would silently run as DDP here
         # `accelerate launch --cpu --num_processes N` silently runs one process; torchrun does not
         # (https://github.com/huggingface/accelerate/issues/2741).
         env["ACCELERATE_USE_CPU"] = "true"

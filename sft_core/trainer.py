@@ -31,6 +31,7 @@ from sft_core.deepspeed_glue import setup_deepspeed
 from sft_core.errors import ConfigError, TrainingError
 from sft_core.evaluation import EvalPrompts, EvalResult, Evaluator, check_packing_isolates_rows, resolve_best_metric
 from sft_core.export import export_model
+from sft_core.fsdp_glue import local_shard, setup_fsdp
 from sft_core.layout import BEST_DIR, LOSS_CURVE_FILE, METRICS_FILE, SUMMARY_FILE
 from sft_core.losses import token_loss_sum
 from sft_core.metrics import MetricFn
@@ -105,6 +106,7 @@ class AccelerateSFTTrainer:
         if deepspeed.enabled and train.minibatch_size not in (None, train.batch_size):
             raise ConfigError("train.minibatch_size", "DeepSpeed runs one pass per micro-batch; lower "
                               "train.batch_size and raise gradient_accumulation_steps instead")
+        fsdp = setup_fsdp(accelerator, config.distributed)  # refuses an FSDP config in a run that is not sharded
         self.tokens_per_pass = resolve_tokens_per_pass(train.tokens_per_pass, model,
                                                        on_cpu=accelerator.device.type == "cpu",
                                                        deepspeed=deepspeed.enabled)
@@ -118,7 +120,8 @@ class AccelerateSFTTrainer:
         self.evaluator = Evaluator(
             accelerator, tokenizer, config.method, eval_data=eval_data, prompts=eval_prompts, metric_fns=metric_fns,
             batch_size=config.method.eval_batch_size, pad_id=tokenizer.pad_token_id,
-            log_samples=config.tracking.log_samples, synced_gpus=deepspeed.zero3,
+            log_samples=config.tracking.log_samples,
+            synced_gpus=deepspeed.zero3 or fsdp.synced_generation(accelerator.num_processes),
         )
         self.state = TrainerState(global_batch_size=self.sampler.global_batch_size * train.gradient_accumulation_steps)
         self.checkpoint_dir = Path(train.checkpoint_dir)
@@ -326,7 +329,8 @@ class AccelerateSFTTrainer:
                             "Lower optimizer.kwargs.lr, or set train.on_nonfinite_loss=skip to skip such batches")
 
     def _weights_are_finite(self) -> bool:
-        finite = torch.tensor(all(bool(p.detach().isfinite().all()) for p in self.model.parameters()))
+        # Each rank checks what it holds (its FSDP2 shard, or the whole tensor); the sum over ranks decides.
+        finite = torch.tensor(all(bool(local_shard(p).detach().isfinite().all()) for p in self.model.parameters()))
         return bool(self._sum_over_ranks(finite.double()) == self.accelerator.num_processes)
 
     def _last_good_checkpoint(self) -> str:
