@@ -8,6 +8,7 @@ import concurrent.futures
 import contextlib
 import subprocess
 from pathlib import Path
+from typing import Sequence
 
 import psutil
 import pytest
@@ -68,9 +69,11 @@ def write_config(run_dir: Path, **sections) -> Path:
     return path
 
 
-def start_node(config: Path, machine_rank: int, log: Path, *sets: str) -> subprocess.Popen:
+def start_node(config: Path, machine_rank: int, log: Path, *sets: str, extra: Sequence[str] = ()) -> subprocess.Popen:
+    """`python -m sft_core train CONFIG --set distributed.machine_rank=k`: node k's launcher."""
     args = [arg for item in (f"distributed.machine_rank={machine_rank}", *sets) for arg in ("--set", item)]
-    return subprocess.Popen([PYTHON, "-m", "sft_core", "train", str(config), *args], env=python_env(OMP_NUM_THREADS="1"),
+    return subprocess.Popen([PYTHON, "-m", "sft_core", "train", str(config), *args, *extra],
+                            env=python_env(OMP_NUM_THREADS="1"),
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -148,27 +151,33 @@ def test_a_checkpoint_folder_that_is_not_shared_is_refused_by_name(tmp_path):
 
 
 @pytest.mark.extended
-def test_a_killed_node_is_named_and_both_nodes_resume_to_the_end(tmp_path):
-    """Node 1's launcher tree is killed after the second checkpoint: node 0 fails naming node 1, no
-    half-written checkpoint is left, and both nodes relaunched resume to step 20."""
+def test_a_killed_node_is_named_and_both_nodes_resume_to_the_end(tmp_path, monkeypatch):
+    """Node 0 runs as the pipeline's train task does (sft_core.run.train_run); node 1 with the documented
+    command on the run's train_config.yaml. Node 1's launcher tree is killed after the second checkpoint:
+    node 0 fails naming node 1, no half-written checkpoint is left, and both nodes relaunched (the same
+    command each) resume to step 20."""
     import mlflow
 
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    config_path = write_config(
-        tmp_path, train=dict(FAST, checkpoint_interval=2, save_total_limit=None, resume_from_checkpoint="latest",
-                             tracker="mlflow"),
-        data=dict(max_eval_prompts=0), tracking=dict(tracking_uri=tracking_uri, experiment_name="two-nodes"),
-        distributed=dict(TWO_NODES, main_process_port=free_port()))
-    config = TRLConfig.load_yaml(config_path)
-    checkpoints = tmp_path / "checkpoints"
+    from sft_core import run as lifecycle
 
-    # Node 0 as the pipeline's train task runs it: run_child over launch_command's torchrun.
-    cmd, env = launch_command(config_path, config.distributed, output_dir=tmp_path / "model")
-    lines: list[str] = []
-    node1_log = tmp_path / "node1.log"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = tiny_config(tmp_path, train=dict(FAST, checkpoint_interval=2, save_total_limit=None),
+                         data=dict(max_eval_prompts=0), tracking=dict(tracking_uri=tracking_uri),
+                         distributed=dict(TWO_NODES, main_process_port=free_port()))
+    run = lifecycle.start_run(config, name="two-nodes", runs_dir=tmp_path / "runs")
+    data = lifecycle.prepare_data(run)
+    checkpoints = run.layout.checkpoints
+
+    def both_nodes(attempt: str) -> tuple[concurrent.futures.Future, subprocess.Popen, list[str]]:
+        lines: list[str] = []
+        node0 = pool.submit(lifecycle.train_run, run, data, on_line=lines.append)
+        node1 = start_node(run.layout.launch_config, 1, tmp_path / f"node1-{attempt}.log",
+                           extra=["--wait-for-config", "300"])
+        return node0, node1, lines
+
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        node0 = pool.submit(run_child, cmd, env={**env, "OMP_NUM_THREADS": "1"}, on_line=lines.append, timeout_s=600)
-        node1 = start_node(config_path, 1, node1_log)
+        node0, node1, lines = both_nodes("first")
         try:
             wait_for(lambda: (checkpoints / "step-4" / "trainer_state.json").exists(), 300, "the second checkpoint",
                      proc=node1, every_s=0.01)
@@ -176,21 +185,22 @@ def test_a_killed_node_is_named_and_both_nodes_resume_to_the_end(tmp_path):
             kill_tree_now(node1)
         with pytest.raises(ChildFailed) as failed:
             node0.result(timeout=300)
-    message = str(failed.value).partition("\n")[0]
-    assert "node 1 (machine_rank 1) exited or died" in message, "\n".join(lines[-60:])
-    done = [step for step, _ in list_checkpoints(checkpoints)]
-    assert done and done[-1] < 20, "node 1 was killed after the run ended; nothing was tested"
-    for path in checkpoints.glob("step-*"):  # complete or absent
-        assert (path / "trainer_state.json").exists() and (path / "random_states_1.pkl").exists(), path
-    assert not list(checkpoints.glob(".tmp-*"))
+        message = str(failed.value).partition("\n")[0]
+        assert "node 1 (machine_rank 1) exited or died" in message, "\n".join(lines[-60:])
+        done = [step for step, _ in list_checkpoints(checkpoints)]
+        assert done and done[-1] < 20, "node 1 was killed after the run ended; nothing was tested"
+        for path in checkpoints.glob("step-*"):  # complete or absent
+            assert (path / "trainer_state.json").exists() and (path / "random_states_1.pkl").exists(), path
+        assert not list(checkpoints.glob(".tmp-*"))
 
-    logs = [tmp_path / f"resume-node{k}.log" for k in (0, 1)]
-    again = f"distributed.main_process_port={free_port()}"
-    finish([start_node(config_path, k, logs[k], again) for k in (0, 1)], logs)
-    assert f"Resumed from {checkpoints / f'step-{done[-1]}'} at step {done[-1]}" in logs[0].read_text()
-    assert sorted(losses(tmp_path)) == list(range(1, 21))
-    assert [step for step, _ in list_checkpoints(checkpoints)][-1] == 20
-    # One MLflow run per launch, written by global rank 0 only (not one per node).
-    experiment = mlflow.MlflowClient(tracking_uri).get_experiment_by_name("two-nodes")
-    runs = mlflow.MlflowClient(tracking_uri).search_runs([experiment.experiment_id])
-    assert len(runs) == 2, [r.info.run_name for r in runs]
+        node0, node1, lines = both_nodes("again")  # the same port: as a restarted Job's pods would
+        summary = node0.result(timeout=600)
+        assert node1.wait(timeout=120) == 0, (tmp_path / "node1-again.log").read_text()[-3000:]
+    assert summary.steps == 20
+    assert any(f"Resumed from {checkpoints / f'step-{done[-1]}'} at step {done[-1]}" in line for line in lines)
+    assert sorted(losses(run.layout.root)) == list(range(1, 21))
+    # Global rank 0 alone logs to the run's MLflow run: steps before the resume point once, not once per node.
+    history = mlflow.MlflowClient(tracking_uri).get_metric_history(run.mlflow_run_id, "train/loss")
+    steps = [m.step for m in history]
+    assert sorted(set(steps)) == list(range(1, 21))
+    assert all(steps.count(s) == 1 for s in range(1, done[-1] + 1)), sorted(steps)
