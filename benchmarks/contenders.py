@@ -5,7 +5,8 @@
 CONTENDER: ours, ours_one_pass, ours_selective, ours_ckpt, trl, trl_packing or plain.
 
 Writes: time to first step (from process start), per-step timestamps and target-token counts,
-tokens/s of each timed window, held-out loss after training (one shared evaluation), peak RSS.
+tokens/s of each timed window (target tokens, and all non-padding tokens), held-out loss after training
+(one shared evaluation), peak RSS, and on a GPU workload the peak GPU memory.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ def heldout_loss(model, tokenizer, pairs, seq_length: int) -> float:
     rows = prepare_samples([list(p) for p in pairs], tokenizer, seq_length=seq_length, truncation_side="right",
                            cache_dir=tempfile.mkdtemp()).dataset
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(rows), 16):
             cols = rows[start : start + 16]
-            loss_sum, n = token_loss_sum(model, collate(cols["input_ids"], cols["labels"], tokenizer.pad_token_id), "cpu")
+            loss_sum, n = token_loss_sum(model, collate(cols["input_ids"], cols["labels"], tokenizer.pad_token_id),
+                                         device)
             total += float(loss_sum)
             count += n
     return total / max(count, 1)
@@ -50,11 +53,17 @@ class StepClock:
     def __init__(self) -> None:
         self.times: list[float] = []
         self.targets: list[int] = []
+        self.tokens: list[float] = []  # cumulative non-padding tokens (prompt and target): what the FLOPs are spent on
         self.peak_rss_mb = 0.0  # the process's peak at the end of the last step: training's own, before the shared eval
+        self.peak_gpu_mb: float | None = None  # likewise, torch.cuda.max_memory_allocated, on a GPU workload
 
-    def tick(self, cumulative_targets: int) -> None:
+    def tick(self, cumulative_targets: int, cumulative_tokens: float) -> None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()  # the step's kernels are done when its time is taken
+            self.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
         self.times.append(time.time())
         self.targets.append(cumulative_targets)
+        self.tokens.append(cumulative_tokens)
         self.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -69,15 +78,23 @@ def run_ours(w: Workload, model_dir: str, train, clock: StepClock, checkpointing
         train=dict(seq_length=w.seq_length, batch_size=w.batch_size, total_steps=w.total_steps, seed=w.seed,
                    eval_interval=10**9, checkpoint_interval=10**9, log_interval=1, save_best=False,
                    gradient_checkpointing=checkpointing, tokens_per_pass=tokens_per_pass,
-                   checkpoint_dir=str(work / "ck"), logging_dir=str(work / "logs")),
+                   checkpoint_dir=str(work / "ck"), logging_dir=str(work / "logs"),
+                   mixed_precision="bf16" if w.bf16 else "no"),
+        distributed=dict(use_cpu=w.device == "cpu"),
         optimizer=dict(name="adamw", kwargs=dict(lr=w.lr, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0)),
         scheduler=dict(name="linear_with_warmup", warmup_steps=0, min_lr_ratio=0.0),
         method=dict(metrics=[]), data=dict(cache_dir=str(work / "cache")),
     )
 
+    seen = {"targets": 0, "tokens": 0.0}
+
     def on_event(event, payload):
-        if event == "log":
-            clock.tick(payload["target_tokens_seen"])
+        if event == "log":  # every step (log_interval=1): this step's tokens from its tokens/targets ratio
+            metrics = payload["metrics"]
+            new_targets = payload["target_tokens_seen"] - seen["targets"]
+            ratio = metrics["train/tokens_per_s"] / max(metrics["train/target_tokens_per_s"], 1e-9)
+            seen["targets"], seen["tokens"] = payload["target_tokens_seen"], seen["tokens"] + new_targets * ratio
+            clock.tick(seen["targets"], seen["tokens"])
 
     trainer = sft_train(samples=[list(p) for p in train], config=config, callbacks=[on_event])
     return trainer.accelerator.unwrap_model(trainer.model), trainer.tokenizer
@@ -91,7 +108,7 @@ def run_trl(w: Workload, model_dir: str, train, clock: StepClock, packing: bool)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     args = SFTConfig(  # TRL's defaults, except what every contender shares
-        output_dir=tempfile.mkdtemp(), use_cpu=True, bf16=False, max_length=w.seq_length, packing=packing,
+        output_dir=tempfile.mkdtemp(), use_cpu=w.device == "cpu", bf16=w.bf16, max_length=w.seq_length, packing=packing,
         per_device_train_batch_size=w.batch_size, learning_rate=w.lr, lr_scheduler_type="linear", warmup_steps=0,
         weight_decay=0.0, max_steps=w.total_steps, seed=w.seed, save_strategy="no", report_to=[], logging_steps=10**6,
         disable_tqdm=True,
@@ -108,19 +125,21 @@ def tick_at_trl_steps(trainer, clock) -> None:
     each batch's targets (batch k is collated before step k ends), a callback reads them."""
     from transformers import TrainerCallback
 
-    seen = [0]
+    seen, tokens = [0], [0]
     collate = trainer.data_collator
 
     def counting_collator(features):
         batch = collate(features)
         seen.append(seen[-1] + int((batch["labels"][:, 1:] != -100).sum()))
+        mask = batch.get("attention_mask")
+        tokens.append(tokens[-1] + int(mask.sum() if mask is not None else batch["input_ids"].numel()))
         return batch
 
     trainer.data_collator = counting_collator
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            clock.tick(seen[state.global_step])
+            clock.tick(seen[state.global_step], tokens[state.global_step])
 
     trainer.add_callback(Clock())
 
@@ -137,7 +156,8 @@ def run_plain(w: Workload, model_dir: str, train, clock: StepClock):
 
     torch.manual_seed(w.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(w.device)
+    autocast = torch.autocast(w.device, dtype=torch.bfloat16, enabled=w.bf16)
     rows = prepare_samples([list(p) for p in train], tokenizer, seq_length=w.seq_length, truncation_side="right",
                            cache_dir=tempfile.mkdtemp()).dataset
     order = list(range(len(rows)))
@@ -145,27 +165,31 @@ def run_plain(w: Workload, model_dir: str, train, clock: StepClock):
     optimizer = torch.optim.AdamW(model.parameters(), lr=w.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / w.total_steps)
     model.train()
-    seen = 0
+    seen, tokens = 0, 0
     for step in range(w.total_steps):
         cols = rows[order[step * w.batch_size : (step + 1) * w.batch_size]]
-        loss_sum, n = token_loss_sum(model, collate(cols["input_ids"], cols["labels"], tokenizer.pad_token_id), "cpu")
+        with autocast:
+            loss_sum, n = token_loss_sum(model, collate(cols["input_ids"], cols["labels"], tokenizer.pad_token_id),
+                                         w.device)
         (loss_sum / n).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         seen += n
-        clock.tick(seen)
+        tokens += sum(len(ids) for ids in cols["input_ids"])
+        clock.tick(seen, tokens)
     return model, tokenizer
 
 
-def window_rates(w: Workload, clock: StepClock) -> list[float]:
-    """Target tokens/s of each timed window (after the warm-up steps)."""
+def window_rates(w: Workload, clock: StepClock, counts: list[float] | None = None) -> list[float]:
+    """Tokens/s of each timed window (after the warm-up steps): target tokens, or ``counts`` (cumulative)."""
+    counts = clock.targets if counts is None else counts
     rates = []
     for k in range(w.windows):
         a = w.warmup_steps + k * w.window_steps - 1  # index of the step that ends just before the window
         b = a + w.window_steps
-        rates.append((clock.targets[b] - clock.targets[a]) / (clock.times[b] - clock.times[a]))
+        rates.append((counts[b] - counts[a]) / (clock.times[b] - clock.times[a]))
     return rates
 
 
@@ -188,9 +212,13 @@ def main() -> None:
     assert len(clock.times) == w.total_steps, f"{name}: recorded {len(clock.times)} of {w.total_steps} steps"
     loss = heldout_loss(model, tokenizer, held_out, w.seq_length)
     rates = window_rates(w, clock)
+    token_rates = window_rates(w, clock, clock.tokens)
     result = {
-        "contender": name, "workload": w.name, "time_to_first_step_s": clock.times[0] - PROCESS_START,
+        "contender": name, "workload": w.name, "device": w.device, "bf16": w.bf16,
+        "time_to_first_step_s": clock.times[0] - PROCESS_START,
         "target_tokens_per_s": sorted(rates)[len(rates) // 2], "window_rates": rates,
+        "tokens_per_s": sorted(token_rates)[len(token_rates) // 2],
+        "peak_gpu_mb": clock.peak_gpu_mb,
         "eval_loss": loss if math.isfinite(loss) else None,
         "peak_rss_mb": clock.peak_rss_mb,
         "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # incl. the held-out eval

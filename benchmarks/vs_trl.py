@@ -2,6 +2,7 @@
 
     python -m benchmarks.vs_trl            # ~14 min on 2 CPU cores; needs `pip install -e .[bench]`
     python -m benchmarks.vs_trl --quick    # fewer timed steps, no flow timing: a smoke run
+    python -m benchmarks.vs_trl --workloads smollm2_gpu --contenders ours ours_ckpt trl   # on a CUDA GPU
 
 Every number is measured in this run, on this machine, side by side: each contender trains the
 same model folder on the same rows with the same seed, batch size, sequence length, learning rate
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.workloads import WORKLOADS, Workload, build_model_folder
+from benchmarks.workloads import GPU_WORKLOADS, WORKLOADS, Workload, build_model_folder
 
 RESULTS = Path(__file__).with_name("results")
 # Memory variants of ours, run on the varlen workload only (the demo's activations are a few MB):
@@ -34,11 +35,14 @@ MEMORY_VARIANTS = ("ours_one_pass", "ours_selective", "ours_ckpt")
 CONTENDERS = ("ours", *MEMORY_VARIANTS, "trl", "trl_packing", "plain")
 
 
-def run_contender(name: str, workload: Workload, model_dir: Path) -> dict:
+def run_contender(name: str, workload: Workload, model_dir: Path, timeout_s: float = 1200) -> dict:
     out = Path(tempfile.mkdtemp()) / "result.json"
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.contenders", name, workload.to_json(), str(model_dir),
-                           str(out)], env=env, capture_output=True, text=True, timeout=1200)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.contenders", name, workload.to_json(), str(model_dir),
+                               str(out)], env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"contender": name, "workload": workload.name, "error": f"did not finish within {timeout_s:.0f}s"}
     if proc.returncode != 0:
         return {"contender": name, "workload": workload.name, "error": proc.stderr[-2000:]}
     return json.loads(out.read_text())
@@ -54,6 +58,22 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
         a @ b
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
+
+
+def cuda_matmul_peak(n: int = 8192, warmup: int = 3, repeats: int = 10, device: str = "cuda") -> float:
+    """Achieved bf16 TFLOP/s of an n x n x n matmul on this GPU: the denominator of MFU, measured in the same run
+    (the datasheet's dense peak is rarely reached; an H200 gives ~790). Mean of ``repeats`` after ``warmup``."""
+    a = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+    b = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+    for _ in range(warmup):
+        a @ b
+    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    synchronize()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize()
+    return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e12
 
 
 def flops_per_token(params: int) -> float:
@@ -132,7 +152,9 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def summarize(results: list[dict], peak_fp32: float) -> dict:
+def summarize(results: list[dict], peak_fp32: float, peak_bf16_tflops: float | None = None) -> dict:
+    """Ratios ours/other per workload; MFU of CPU rows against the fp32 matmul peak (GFLOP/s), of GPU rows
+    against ``peak_bf16_tflops`` (6N x all non-padding tokens/s: the FLOPs actually spent)."""
     by = {(r["workload"], r["contender"]): r for r in results}
     summary = {}
     for name in {r["workload"] for r in results}:
@@ -149,8 +171,11 @@ def summarize(results: list[dict], peak_fp32: float) -> dict:
                 "eval_loss": ratio(ours["eval_loss"], them["eval_loss"]),
             }
         ours = by.get((name, "ours"), {})
-        if "target_tokens_per_s" in ours:
+        if "target_tokens_per_s" in ours and ours.get("device", "cpu") == "cpu":
             row["ours_mfu_fp32"] = ours["target_tokens_per_s"] * flops_per_token(ours["params"]) / (peak_fp32 * 1e9)
+        for (workload, contender), r in by.items():
+            if workload == name and r.get("device") == "cuda" and "tokens_per_s" in r and peak_bf16_tflops:
+                row[f"{contender}_mfu_bf16"] = r["tokens_per_s"] * flops_per_token(r["params"]) / (peak_bf16_tflops * 1e12)
         summary[name] = row
     return summary
 
@@ -162,8 +187,10 @@ def print_table(results: list[dict], summary: dict) -> None:
         if "error" in r:
             print(f"{r['workload']:8} {r['contender']:14} ERROR: {r['error'].strip().splitlines()[-1][:80]}")
             continue
+        gpu = f"  peak GPU {r['peak_gpu_mb']:.0f} MB" if r.get("peak_gpu_mb") else ""
+        loss = f"{r['eval_loss']:9.4f}" if r["eval_loss"] is not None else f"{'nan':>9}"
         print(f"{r['workload']:8} {r['contender']:14} {r['target_tokens_per_s']:12.0f} {r['time_to_first_step_s']:12.1f}"
-              f" {r['peak_rss_mb']:11.0f} {r['eval_loss']:9.4f}")
+              f" {r['peak_rss_mb']:11.0f} {loss}{gpu}")
     print("\nratios ours / other (tokens/s: higher is better; RSS, first step, eval loss: lower is better)")
     for name, row in summary.items():
         for key, vals in row.items():
@@ -172,12 +199,14 @@ def print_table(results: list[dict], summary: dict) -> None:
                 print(f"  {name:8} {key:22} {shown}")
         if "ours_mfu_fp32" in row:
             print(f"  {name:8} MFU (fp32 peak)   {row['ours_mfu_fp32']:.1%}")
+        for key in (k for k in row if k.endswith("_mfu_bf16")):
+            print(f"  {name:8} {key.removesuffix('_mfu_bf16'):14} MFU (measured bf16 peak) {row[key]:.1%}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short windows, skip the flow timing")
-    parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS))
+    parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS), choices=[*WORKLOADS, *GPU_WORKLOADS])
     parser.add_argument("--contenders", nargs="*", default=list(CONTENDERS))
     args = parser.parse_args()
     started = time.time()
@@ -185,11 +214,14 @@ def main() -> None:
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, n=512, repeats=2)}
     print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s "
           f"({torch.get_num_threads()} threads)")
+    if any(name in GPU_WORKLOADS for name in args.workloads):
+        peaks["cuda_bf16_tflops"] = cuda_matmul_peak()
+        print(f"GPU bf16 matmul: {peaks['cuda_bf16_tflops']:.0f} TFLOP/s ({torch.cuda.get_device_name()})")
 
     results = []
     with tempfile.TemporaryDirectory() as models:
         for name in args.workloads:
-            workload = WORKLOADS[name]
+            workload = {**WORKLOADS, **GPU_WORKLOADS}[name]
             if args.quick:
                 workload = replace(workload, window_steps=max(2, workload.window_steps // 4))
             model_dir = build_model_folder(workload.model, Path(models) / workload.model)
@@ -198,7 +230,7 @@ def main() -> None:
                     continue
                 print(f"running {contender} on {name} ...", flush=True)
                 results.append(run_contender(contender, workload, model_dir))
-    summary = summarize(results, peaks["fp32"])
+    summary = summarize(results, peaks["fp32"], peaks.get("cuda_bf16_tflops"))
     print_table(results, summary)
 
     extras = {"generation": generation_speed(), "data_prep": data_prep_speed()}

@@ -11,6 +11,17 @@ from pathlib import Path
 # because a config resized after construction keeps the embedded model's (32).
 MEDIUM_LLAMA = dict(hidden_size=448, intermediate_size=1216, num_hidden_layers=8, num_attention_heads=7,
                     num_key_value_heads=7, head_dim=64, max_position_embeddings=1024)
+# SmolLM2-135M's shape (its config.json: Llama, 134.5M parameters with tied embeddings), random weights, for GPU
+# throughput without a weight download. The byte-level tokenizer uses 262 of the 49152 ids; the embedding and the
+# LM head's matmul are the real model's size, so the compute per token is SmolLM2's.
+SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=8192,
+                    tie_word_embeddings=True)
+# The same plumbing at a size a CPU trains in seconds (gpu_check --dry-run).
+TINY_GQA_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16, vocab_size=512, max_position_embeddings=512,
+                      tie_word_embeddings=True)
+MODEL_SHAPES = {"tiny": {}, "medium": MEDIUM_LLAMA, "smollm2": SMOLLM2_135M, "tiny_gqa": TINY_GQA_LLAMA}
 
 
 @dataclass(frozen=True)
@@ -25,6 +36,8 @@ class Workload:
     window_steps: int
     windows: int = 3
     seed: int = 0
+    device: str = "cpu"  # "cuda": every contender trains on the GPU
+    bf16: bool = False  # bf16 autocast over fp32 weights, for every contender (TRL's bf16=True)
 
     @property
     def total_steps(self) -> int:
@@ -40,6 +53,11 @@ WORKLOADS = {
     "varlen": Workload("varlen", model="medium", data="varlen", seq_length=512, batch_size=4, lr=5e-4,
                        warmup_steps=2, window_steps=4),
 }
+# Not in the default run (python -m benchmarks.vs_trl --workloads smollm2_gpu): needs a CUDA GPU.
+GPU_WORKLOADS = {
+    "smollm2_gpu": Workload("smollm2_gpu", model="smollm2", data="varlen", seq_length=512, batch_size=16, lr=2e-4,
+                            warmup_steps=3, window_steps=15, device="cuda", bf16=True),
+}
 
 
 def build_model_folder(kind: str, folder: Path) -> Path:
@@ -48,7 +66,7 @@ def build_model_folder(kind: str, folder: Path) -> Path:
 
     if (folder / "config.json").exists():
         return folder
-    return save_embedded_model(folder, seed=0, **(MEDIUM_LLAMA if kind == "medium" else {}))
+    return save_embedded_model(folder, seed=0, **MODEL_SHAPES[kind])
 
 
 def _words(rng: random.Random, n: int) -> str:

@@ -18,6 +18,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu need CUDA: where there is none they are skipped, saying why (not failed)."""
+    needs_gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not needs_gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run `pytest -m gpu` there, or scripts/gpu_check.sh)")
+    for item in needs_gpu:
+        item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_caches(tmp_path_factory):
     """The tokenized-data cache in a temp folder, so tests never see a previous run's cache."""
