@@ -12,6 +12,7 @@ need not agree.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -27,6 +28,8 @@ from accelerate.utils import broadcast_object_list, gather_object
 from sft_core.config import DistributedConfig
 from sft_core.errors import ConfigError, SFTError
 from sft_core.launch import CAUSE_MARK
+
+logger = logging.getLogger(__name__)
 
 BEAT_S = 1.0  # how often each rank bumps its counter
 STILL_FOR_S = 5.0  # a counter that has not moved for this long belongs to a process that is gone
@@ -109,7 +112,15 @@ def naming_lost_nodes(dist: DistributedConfig) -> Iterator[None]:
     if dist.num_machines == 1 or "MASTER_ADDR" not in os.environ or "RANK" not in os.environ:
         yield
         return
-    watch = NodeWatch(dist.machine_rank)
+    watch = None
+    try:
+        watch = NodeWatch(dist.machine_rank)
+    except Exception as err:  # noqa: BLE001 - a diagnosis aid must not stop training
+        logger.warning("Cannot reach the rendezvous store at %s:%s (%s): a node that dies will not be named",
+                       os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"], err)
+    if watch is None:
+        yield
+        return
     try:
         yield
     except SFTError:  # bad input fails every rank alike; no node to blame
