@@ -57,7 +57,8 @@ def machine() -> dict[str, Any]:
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda, gpu_count=torch.cuda.device_count())
+                    capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda,
+                    gpu_count=torch.cuda.device_count())
     return info
 
 

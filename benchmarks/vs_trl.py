@@ -175,7 +175,8 @@ def summarize(results: list[dict], peak_fp32: float, peak_bf16_tflops: float | N
             row["ours_mfu_fp32"] = ours["target_tokens_per_s"] * flops_per_token(ours["params"]) / (peak_fp32 * 1e9)
         for (workload, contender), r in by.items():
             if workload == name and r.get("device") == "cuda" and "tokens_per_s" in r and peak_bf16_tflops:
-                row[f"{contender}_mfu_bf16"] = r["tokens_per_s"] * flops_per_token(r["params"]) / (peak_bf16_tflops * 1e12)
+                flops = r["tokens_per_s"] * flops_per_token(r["params"])
+                row[f"{contender}_mfu_bf16"] = flops / (peak_bf16_tflops * 1e12)
         summary[name] = row
     return summary
 

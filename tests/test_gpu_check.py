@@ -32,16 +32,22 @@ def test_dry_run_trains_lora_and_full_and_writes_the_report(tmp_path):
         assert case["device"] == "cpu" and case["steps"] == 3
         assert case["eval_loss_after"] < case["eval_loss_before"], case  # seeded: the same numbers every run
         assert case["tokens_per_s"] > case["target_tokens_per_s"] > 0  # prompts count as processed tokens
-        assert case["mfu"] == pytest.approx(case["tokens_per_s"] * 6 * case["params"] / (saved["peak_bf16_tflops"] * 1e12))
+        flops = case["tokens_per_s"] * 6 * case["params"]
+        assert case["mfu"] == pytest.approx(flops / (saved["peak_bf16_tflops"] * 1e12))
     text = (tmp_path / "gpu_check.txt").read_text()
     assert "CPU dry run" in text and "bf16 matmul peak" in text
     assert sum(line.startswith(("lora", "full")) for line in text.splitlines()) == 2
 
 
-def test_without_cuda_the_real_run_is_refused_with_the_way_out():
-    result = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check"], cwd=ROOT, env=python_env(),
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "no CUDA GPU here" in result.stderr and "--dry-run" in result.stderr
+def test_without_cuda_the_real_run_is_refused_with_the_way_out(tmp_path, capsys):
+    from benchmarks.gpu_check import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--out", str(tmp_path)])
+    assert stopped.value.code == 2
+    said = capsys.readouterr().err
+    assert "no CUDA GPU here" in said and "--dry-run" in said
+    assert not list(tmp_path.iterdir())  # nothing written: no half report
 
 
 def test_the_script_refuses_an_unknown_argument():
@@ -56,7 +62,8 @@ def test_the_script_dry_run_goes_through_every_step(tmp_path):
     result = subprocess.run(["bash", str(SCRIPT), "--cpu-dry-run"], env=python_env(OUT=str(tmp_path),
                             PYTHON=sys.executable, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:]
-    assert {"gpu_check.json", "gpu_check.txt", "gpu_check.log", "gpu_pytest.log"} <= {p.name for p in tmp_path.iterdir()}
+    written = {p.name for p in tmp_path.iterdir()}
+    assert {"gpu_check.json", "gpu_check.txt", "gpu_check.log", "gpu_pytest.log"} <= written
     assert "3 skipped" in (tmp_path / "gpu_pytest.log").read_text()  # no CUDA here: the GPU tests skip, not fail
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["errors"] == {} and set(report["train"]) == {"lora", "full"}
