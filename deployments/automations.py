@@ -55,8 +55,8 @@ def definitions(block_document_id: UUID) -> list[Automation]:
         actions=[SendNotification(
             block_document_id=block_document_id,
             subject="sftflow: {{ flow.name }}/{{ flow_run.name }} {{ flow_run.state.name }}",
-            body="Flow run {{ flow.name }}/{{ flow_run.name }} ended {{ flow_run.state.name }}: "
-                 "{{ flow_run.state.message }} ({{ flow_run|ui_url }})")],
+            body="Flow run {{ flow.name }}/{{ flow_run.name }} (id {{ flow_run.id }}) ended "
+                 "{{ flow_run.state.name }}: {{ flow_run.state.message }}")],
     )
     return [rejected, failed]
 

@@ -84,4 +84,4 @@ def test_a_rejected_candidate_and_a_failed_run_each_send_a_notification(installe
         run_name = client.read_flow_run(state.state_details.flow_run_id).name
     failed = wait_for(lambda: [n for n in received if run_name in n["subject"]], 60, "the failed run's notification")
     assert failed[0]["subject"] == f"sftflow: sft-pipeline/{run_name} Failed"
-    assert "missing.yaml" in failed[0]["body"], failed[0]["body"]
+    assert "missing.yaml" in failed[0]["body"] and str(state.state_details.flow_run_id) in failed[0]["body"]
