@@ -39,6 +39,17 @@ _NODE_KEY = "sftflow/node/{rank}"
 SHARED_CHECK_DIR = ".shared-storage-check"  # under train.checkpoint_dir, removed again after the check
 
 
+def spans_machines(dist: DistributedConfig) -> bool:
+    """Whether this run has ranks on other machines: the config says so, or the launcher does (a torchrun
+    started by hand with --nnodes > 1 sets GROUP_WORLD_SIZE)."""
+    return dist.num_machines > 1 or int(os.environ.get("GROUP_WORLD_SIZE", "1")) > 1
+
+
+def this_machine(dist: DistributedConfig) -> int:
+    """This node's number: the config's machine_rank, else the launcher's node rank."""
+    return dist.machine_rank if dist.num_machines > 1 else int(os.environ.get("GROUP_RANK", "0"))
+
+
 def node_name(machine_rank: int) -> str:
     return f"node {machine_rank} (machine_rank {machine_rank})"
 
@@ -109,12 +120,12 @@ class NodeWatch:
 def naming_lost_nodes(dist: DistributedConfig) -> Iterator[None]:
     """On several machines, turn a failure caused by a dead node into NodeLost naming it (and print that
     reason on a line the launching process picks up, sft_core.launch.CAUSE_MARK)."""
-    if dist.num_machines == 1 or "MASTER_ADDR" not in os.environ or "RANK" not in os.environ:
+    if not spans_machines(dist) or "MASTER_ADDR" not in os.environ or "RANK" not in os.environ:
         yield
         return
     watch = None
     try:
-        watch = NodeWatch(dist.machine_rank)
+        watch = NodeWatch(this_machine(dist))
     except Exception as err:  # noqa: BLE001 - a diagnosis aid must not stop training
         logger.warning("Cannot reach the rendezvous store at %s:%s (%s): a node that dies will not be named",
                        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"], err)
@@ -135,12 +146,15 @@ def naming_lost_nodes(dist: DistributedConfig) -> Iterator[None]:
         watch.stop()
 
 
-def check_shared_folder(accelerator: Accelerator, folder: Path, machine_rank: int) -> None:
-    """Every rank writes a marker named by its rank into ``folder``; rank 0 must see them all.
+def check_shared_folder(accelerator: Accelerator, folder: Path, dist: DistributedConfig) -> None:
+    """On several machines: every rank writes a marker named by its rank into ``folder``; rank 0 must see them all.
 
     Each rank writes its own RNG state into every checkpoint and reads it back on resume, so on several
     machines train.checkpoint_dir must be one folder that every node sees (NFS, a ReadWriteMany volume).
     Collective: every rank calls it; every rank raises the same ConfigError when a marker is missing."""
+    if not spans_machines(dist):
+        return
+    machine_rank = this_machine(dist)
     marks = folder / SHARED_CHECK_DIR
     machine_of = gather_object([machine_rank])  # rank -> machine_rank
     if accelerator.is_main_process:

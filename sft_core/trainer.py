@@ -148,8 +148,7 @@ class AccelerateSFTTrainer:
 
     def _learn(self) -> TrainSummary:
         train = self.config.train
-        if self.config.distributed.num_machines > 1:  # every rank writes into each checkpoint
-            check_shared_folder(self.accelerator, self.checkpoint_dir, self.config.distributed.machine_rank)
+        check_shared_folder(self.accelerator, self.checkpoint_dir, self.config.distributed)  # several machines only
         self._maybe_resume()
         self.trackers.log_params(self.config.flat())
         batches = self.sampler.iter_from(BatchPosition(self.state.epoch, self.state.batch_in_epoch))

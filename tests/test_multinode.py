@@ -136,12 +136,17 @@ def test_two_nodes_train_as_one_process_with_the_same_global_batch(tmp_path):
 
 @pytest.mark.extended
 def test_a_checkpoint_folder_that_is_not_shared_is_refused_by_name(tmp_path):
-    """Node 1 writes into another folder than node 0 sees, as with a node-local disk."""
-    config = write_config(tmp_path, train=FAST, data=dict(max_eval_prompts=0),
-                          distributed=dict(TWO_NODES, main_process_port=free_port()))
+    """Node 1 writes into another folder than node 0 sees, as with a node-local disk. The nodes are
+    torchrun started by hand on a config that says nothing about machines: the check still runs."""
+    config = write_config(tmp_path, train=FAST, data=dict(max_eval_prompts=0))
+    port = free_port()
     logs = [tmp_path / f"node{k}.log" for k in (0, 1)]
-    nodes = [start_node(config, 0, logs[0]),
-             start_node(config, 1, logs[1], f"train.checkpoint_dir={tmp_path / 'node1-local' / 'checkpoints'}")]
+    local = ["--set", f"train.checkpoint_dir={tmp_path / 'node1-local' / 'checkpoints'}"]
+    nodes = [subprocess.Popen([PYTHON, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(k),
+                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               "-m", "sft_core", "train", str(config), *(local if k else [])],
+                              env=python_env(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true"), stdout=logs[k].open("w"),
+                              stderr=subprocess.STDOUT, start_new_session=True) for k in (0, 1)]
     codes = [proc.wait(timeout=600) for proc in nodes]
     assert codes[0] != 0 and codes[1] != 0
     out = logs[0].read_text()
