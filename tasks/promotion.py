@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
 from sft_core.promotion import PromotionDecision
-from tasks.concurrency import ensure_limit, hold  # noqa: F401 - ensure_limit: still imported from here
+from tasks.concurrency import hold
 
 PROMOTION_LIMIT_PREFIX = "sftflow-promotion-"  # + the registered model's name: one decision at a time per model
 

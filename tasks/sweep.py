@@ -14,10 +14,10 @@ from sft_core.registry import logged_model_metrics
 from sft_core.run import ExportedModel, load_run, register_exported
 from sft_core.sweep import PointOutcome, Ranking, check_grid, grid_points, open_sweep_run, rank
 from tasks.params import FLOW_RUN_TAG, PipelineConfig
-from tasks.promotion import ensure_limit, promotion_lock, publish_decision
+from tasks.concurrency import TRAIN_LIMIT
+from tasks.promotion import promotion_lock, publish_decision
 from tasks.retries import unless_bad_input
 
-TRAIN_LIMIT = "sft-train"  # the global concurrency limit every point's training holds, unless the config names one
 
 
 class SweepPlan(BaseModel):
@@ -31,11 +31,11 @@ class SweepPlan(BaseModel):
 @task(name="open-sweep", retries=2, retry_delay_seconds=2, retry_condition_fn=unless_bad_input)
 def open_sweep(params: PipelineConfig, grid: dict[str, list[Any]], name: str) -> SweepPlan:
     """Refuse a bad grid or base config before any point starts; open the sweep's MLflow run (a retried
-    flow run finds the one it opened) and make sure the training concurrency limit exists."""
+    flow run finds the one it opened). Every point holds the training concurrency limit (TRAIN_LIMIT unless
+    the config names one), which training creates when missing."""
     config = params.to_sft_config()  # a bad base config fails here, once, rather than in every point
     points = grid_points(check_grid(grid))
     limit = params.concurrency_limit or TRAIN_LIMIT
-    ensure_limit(limit)
     tracking_uri, run_id = open_sweep_run(config, name, grid, tags={FLOW_RUN_TAG: str(flow_run.get_id())},
                                           reuse_tag=FLOW_RUN_TAG)
     get_run_logger().info("Sweep %s: %d points over %s; MLflow run %s", name, len(points), ", ".join(grid), run_id)
