@@ -1,5 +1,5 @@
 """Serve the SFT pipeline: a retraining deployment (weekly, and on new data), an ad-hoc one for the UI's run
-form, and the `watch-data` flow that announces new data.
+form, the `watch-data` flow that announces new data, and `sft-sweep` for grid sweeps.
 
     prefect server start                                  # terminal 1 (UI at http://127.0.0.1:4200)
     python -m deployments.serve --data /data/train.jsonl  # terminal 2: registers the deployments, runs their runs
@@ -24,6 +24,7 @@ from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Interval
 
 from flows.sft import sft_pipeline
+from flows.sweep import sft_sweep
 from flows.watch_data import watch_data
 from tasks.data_events import DATA_UPDATED_EVENT, PATH_LABEL, RESOURCE_PREFIX
 from tasks.params import PipelineConfig
@@ -84,7 +85,12 @@ def build_deployments(retrain_cron: str = RETRAIN_CRON, *, data_path: str | None
         description="Every 10 minutes: send sftflow.data.updated for each watched path whose content changed.",
         tags=["sft", "data"],
     )
-    return [retrain, adhoc, watcher]
+    sweep = sft_sweep.to_deployment(
+        name="sft-sweep", description="Grid sweeps: each point a child sft-pipeline run; only the best is registered "
+                                      "and gated. Fill in the grid as {\"optimizer.kwargs.lr\": [0.001, 0.003]}.",
+        tags=["sft", "sweep"],
+    )
+    return [retrain, adhoc, watcher, sweep]
 
 
 def main() -> None:

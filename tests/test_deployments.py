@@ -56,7 +56,7 @@ def served(tmp_path_factory):
                                   str(home / "retrain.yaml")], cwd=home, env=env,
                                  stdout=open(home / "serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
         SERVER["api"] = api
-        wait_for(lambda: len(_run(_deployments())) == 3, 120, "the three deployments")
+        wait_for(lambda: len(_run(_deployments())) == 4, 120, "the four deployments")
         yield {"api": api, "home": home, "ui": f"http://127.0.0.1:{port}"}
     finally:
         for proc in (serve, server):
@@ -109,7 +109,9 @@ def finished(flow_run_id):
 
 def test_deployments_have_schedule_and_a_usable_form(served):
     by_name = {d.name: d for d in _run(_deployments())}
-    assert set(by_name) == {"sft-retrain", "sft-adhoc", "watch-data"}
+    assert set(by_name) == {"sft-retrain", "sft-adhoc", "watch-data", "sft-sweep"}
+    sweep_form = by_name["sft-sweep"].parameter_openapi_schema
+    assert sweep_form["required"] == ["grid"] and "config" in sweep_form["properties"]
     retrain = by_name["sft-retrain"]
     assert [s.schedule.cron for s in retrain.schedules] == ["0 3 * * 1"]
     assert retrain.parameters["config"]["registered_model_name"] == "sftflow-demo"
