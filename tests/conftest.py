@@ -118,6 +118,16 @@ def small_run(tmp_path, **changes):
     return PipelineConfig(**{**base, **changes})
 
 
+def api_healthy(api: str) -> bool:
+    """Whether a Prefect server answers at ``api`` (``http://host:port/api``)."""
+    import requests
+
+    try:
+        return requests.get(f"{api}/health", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
 def prefect_home_env(home: Path, **extra: str) -> dict[str, str]:
     """python_env() for a child whose Prefect settings come from ``home`` (its profiles.toml), its cwd's
     prefect.toml and ``extra`` only: none of this session's PREFECT_API_URL or profile."""

@@ -20,7 +20,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId,
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
 
-from conftest import python_env, wait_for
+from conftest import api_healthy, python_env, wait_for
 from sft_core.data.digest import data_digest
 from sft_core.launch import free_port, kill_tree
 
@@ -50,7 +50,7 @@ def served(tmp_path_factory):
                               env=env, stdout=logs, stderr=subprocess.STDOUT, start_new_session=True)
     serve = None
     try:
-        wait_for(lambda: _healthy(api), 120, "the Prefect server")
+        wait_for(lambda: api_healthy(api), 120, "the Prefect server")
         (home / "retrain.yaml").write_text(RETRAIN_YAML)  # sft-retrain's base config: a seconds-long run
         serve = subprocess.Popen([sys.executable, "-m", "deployments.serve", "--limit", "2", "--retrain-config",
                                   str(home / "retrain.yaml")], cwd=home, env=env,
@@ -62,13 +62,6 @@ def served(tmp_path_factory):
         for proc in (serve, server):
             if proc is not None:
                 kill_tree(proc.pid)
-
-
-def _healthy(api: str) -> bool:
-    try:
-        return requests.get(f"{api}/health", timeout=2).ok
-    except requests.RequestException:
-        return False
 
 
 def _run(coro):

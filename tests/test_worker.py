@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT, prefect_home_env, wait_for
+from conftest import ROOT, api_healthy, prefect_home_env, wait_for
 from sft_core.launch import free_port, kill_tree
 
 pytestmark = pytest.mark.extended
@@ -63,7 +63,7 @@ def test_deploy_from_one_folder_and_run_on_a_worker_with_its_checkout_elsewhere(
                               start_new_session=True)
     worker = None
     try:
-        wait_for(lambda: _healthy(api), 120, "the Prefect server", proc=server)
+        wait_for(lambda: api_healthy(api), 120, "the Prefect server", proc=server)
         deploy_env = machine_env(tmp_path / "deploying-machine" / "prefect", api, deploying)
         for command in (CREATE_POOL, DEPLOY):
             done = subprocess.run(shlex.split(command), cwd=deploying, env=deploy_env, stdin=subprocess.DEVNULL,
@@ -93,13 +93,6 @@ def test_deploy_from_one_folder_and_run_on_a_worker_with_its_checkout_elsewhere(
         for proc in (worker, server):
             if proc is not None:
                 kill_tree(proc.pid)
-
-
-def _healthy(api: str) -> bool:
-    try:
-        return requests.get(f"{api}/health", timeout=2).ok
-    except requests.RequestException:
-        return False
 
 
 def _api(api: str, method: str, path: str, body: dict | None = None):
