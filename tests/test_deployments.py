@@ -13,7 +13,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-import requests
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId
