@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from sft_core.config import TRLConfig, default_sft_config
-from sft_core.errors import BAD_INPUT_EXIT_CODE, SFTError
+from sft_core.errors import BAD_INPUT_EXIT_CODE, CAUSE_MARK, SFTError
 
 
 def load_config(path: str | None, overrides: list[str]) -> TRLConfig:
@@ -31,7 +31,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         wait_for_file(args.config, args.wait_for_config)
     config = load_config(args.config, args.set)
     output = Path(args.output) if args.output else Path(config.train.checkpoint_dir).parent / "model"
-    if config.distributed.launches_child and "LOCAL_RANK" not in os.environ:
+    from sft_core.launch import is_launched
+
+    if config.distributed.launches_child and not is_launched():
         return launch_this_node(args, config, output)
 
     from accelerate import PartialState
@@ -239,8 +241,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (SFTError, FileExistsError) as err:  # the input is wrong: a retry will not help
-        from sft_core.launch import CAUSE_MARK
-
         # A launched worker: the launcher's error then says why, not just torchrun's exit code.
         print(f"{CAUSE_MARK if 'LOCAL_RANK' in os.environ else 'error: '}{err}", file=sys.stderr)
         return BAD_INPUT_EXIT_CODE

@@ -7,6 +7,9 @@ and each message names the config field, file or line the user has to fix.
 from __future__ import annotations
 
 BAD_INPUT_EXIT_CODE = 2  # `python -m sft_core` exits with this on an SFTError: a launcher knows not to retry
+# A launched worker that knows why it fails prints this and the reason on one line (sft_core.nodes does for a
+# lost node); sft_core.launch.run_child puts the first such reason into its error, ahead of the log's tail.
+CAUSE_MARK = "sftflow: training failed because "
 
 
 class SFTError(ValueError):

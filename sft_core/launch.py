@@ -27,14 +27,20 @@ from typing import Callable, Sequence
 import psutil
 
 from sft_core.config import DistributedConfig
+from sft_core.errors import CAUSE_MARK
 from sft_core.fsdp_glue import require_gpu_for_fsdp
 
 LAUNCH_CONFIGS = Path(__file__).with_name("launch_configs")
+LAUNCHED_ENV = "SFTFLOW_LAUNCHED"
 
 
-# A worker that knows why it fails prints this and the reason on one line (sft_core.nodes does for a lost
-# node); run_child puts the first such reason into its error, ahead of the log's tail.
-CAUSE_MARK = "sftflow: training failed because "
+def is_launched() -> bool:
+    """Whether this process was started by a launcher, ours (``LAUNCHED_ENV``) or torchrun by hand (``LOCAL_RANK``).
+
+    Not LOCAL_RANK alone: ``accelerate launch`` with a config whose distributed_type is NO runs its one child
+    directly, without it, and that child would launch again, and again."""
+    return LAUNCHED_ENV in os.environ or "LOCAL_RANK" in os.environ
+
 
 
 class ChildFailed(RuntimeError):
@@ -63,6 +69,7 @@ def launch_command(config_path: str | Path | None, dist: DistributedConfig, *, o
     env = {"PYTHONUNBUFFERED": "1"}
     if not dist.launches_child:
         return [sys.executable, *train_args], env
+    env[LAUNCHED_ENV] = "1"  # what the launcher starts trains; it never launches again (see is_launched)
     port = dist.rendezvous_port or free_port()
     if dist.use_cpu or not gpu_available:
         require_gpu_for_fsdp(dist, gpu_available=False)  # FSDP would silently run as DDP here

@@ -26,8 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 
 from sft_core.config import DistributedConfig
-from sft_core.errors import ConfigError, SFTError
-from sft_core.launch import CAUSE_MARK
+from sft_core.errors import CAUSE_MARK, ConfigError, SFTError
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +118,7 @@ class NodeWatch:
 @contextlib.contextmanager
 def naming_lost_nodes(dist: DistributedConfig) -> Iterator[None]:
     """On several machines, turn a failure caused by a dead node into NodeLost naming it (and print that
-    reason on a line the launching process picks up, sft_core.launch.CAUSE_MARK)."""
+    reason on a line the launching process picks up, sft_core.errors.CAUSE_MARK)."""
     if not spans_machines(dist) or "MASTER_ADDR" not in os.environ or "RANK" not in os.environ:
         yield
         return

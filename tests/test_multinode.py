@@ -15,7 +15,7 @@ import pytest
 
 from conftest import PYTHON, python_env, tiny_config, wait_for
 from sft_core.checkpoint import list_checkpoints
-from sft_core.config import TRLConfig
+from sft_core.config import DistributedConfig, TRLConfig
 from sft_core.errors import ConfigError
 from sft_core.launch import ChildFailed, free_port, launch_command, run_child
 from sft_core.nodes import SHARED_CHECK_DIR
@@ -60,6 +60,22 @@ def test_num_processes_is_per_machine_for_torchrun_and_accelerate_launch():
     assert gpus[gpus.index("--num_processes") + 1] == "8"  # accelerate launch counts every machine's processes
     assert gpus[gpus.index("--num_machines") + 1:gpus.index("--num_machines") + 8] == [
         "2", "--machine_rank", "1", "--main_process_ip", "10.0.0.1", "--rdzv_backend", "static"]
+
+
+def test_what_a_launcher_starts_never_launches_again(monkeypatch):
+    """accelerate launch with a distributed_type NO config (single.yaml given as a path) runs its child directly,
+    without LOCAL_RANK: the child must train, not launch once more (processes piling up without end)."""
+    from sft_core.launch import LAUNCH_CONFIGS, LAUNCHED_ENV, is_launched
+
+    dist = DistributedConfig(accelerate_config=str(LAUNCH_CONFIGS / "single.yaml"))
+    assert dist.launches_child
+    cmd, env = launch_command("c.yaml", dist, output_dir="m", gpu_available=True)
+    assert "accelerate.commands.launch" in cmd and env[LAUNCHED_ENV] == "1"
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv(LAUNCHED_ENV, raising=False)
+    assert not is_launched()
+    monkeypatch.setenv(LAUNCHED_ENV, env[LAUNCHED_ENV])
+    assert is_launched()
 
 
 # -- real nodes ------------------------------------------------------------------------------------
