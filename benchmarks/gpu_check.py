@@ -150,7 +150,9 @@ def vs_trl_row(dry_run: bool, peak_tflops: float, work: Path, timeout_s: float) 
             "trl": "installed" if have_trl else "not installed: no TRL row"}
 
 
-def run_stage(report: dict, name: str, fn: Callable[[], Any]) -> Any:
+def run_stage(report: dict, name: str, fn: Callable[[], Any], out: Path) -> Any:
+    """Run one stage; a failure is recorded and the next stage runs. The report is rewritten after every stage,
+    so a run cut off by its deadline (a lent GPU's minutes are few) still leaves what it measured."""
     print(f"[gpu_check] {name} ...", flush=True)
     started = time.perf_counter()
     try:
@@ -158,9 +160,18 @@ def run_stage(report: dict, name: str, fn: Callable[[], Any]) -> Any:
     except Exception as err:  # noqa: BLE001 - a failed stage is reported, and the next one runs
         report["errors"][name] = f"{type(err).__name__}: {err}"[:2000]
         print(f"[gpu_check] {name} FAILED: {type(err).__name__}: {err}\n{traceback.format_exc()[-3000:]}", flush=True)
-        return None
-    print(f"[gpu_check] {name} done in {time.perf_counter() - started:.1f}s", flush=True)
+        value = None
+    else:
+        print(f"[gpu_check] {name} done in {time.perf_counter() - started:.1f}s", flush=True)
+    report.setdefault("stages_done", []).append(name)
+    write_report(report, out)
     return value
+
+
+def write_report(report: dict, out: Path) -> None:
+    report["wall_s"] = time.time() - report["started"]
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / "gpu_check.txt").write_text(summary_text(report))
 
 
 def summary_text(report: dict) -> str:
@@ -212,19 +223,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", help="folder for gpu_check.json/.txt (default: $OUT, else benchmarks/results)")
     parser.add_argument("--steps", type=int, help="optimizer steps per training case (default 30; dry run 3)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["train", "vs_trl"], help="stages to leave out")
-    parser.add_argument("--contender-timeout", type=float, default=150.0, help="seconds per vs_trl contender")
+    parser.add_argument("--contender-timeout", type=float, default=60.0,
+                        help="seconds per vs_trl contender (3 contenders: keep the stages within CHECK_TIMEOUT)")
     args = parser.parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
         parser.error("no CUDA GPU here: run on a GPU machine, or pass --dry-run to test the plumbing on the CPU")
     steps = args.steps or (3 if args.dry_run else 30)
+    out = output_dir(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"started": time.time(), "dry_run": args.dry_run, "errors": {}, "machine": machine()}
-    report["peak_bf16_tflops"] = run_stage(report, "bf16_peak", lambda: bf16_peak(args.dry_run))
+    report["peak_bf16_tflops"] = run_stage(report, "bf16_peak", lambda: bf16_peak(args.dry_run), out)
     peak = report["peak_bf16_tflops"] or float("nan")
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         work = Path(tmp)
         if "train" not in args.skip:
             shape = "tiny_gqa" if args.dry_run else "smollm2"
-            model_dir = run_stage(report, "build_model", lambda: build_model_folder(shape, work / shape))
+            model_dir = run_stage(report, "build_model", lambda: build_model_folder(shape, work / shape), out)
             pairs = load_pairs("varlen", seed=0)
             if args.dry_run:
                 pairs = (pairs[0][:200], pairs[1][:8])
@@ -233,19 +247,14 @@ def main(argv: list[str] | None = None) -> dict:
                 if model_dir is None:
                     break
                 case = run_stage(report, f"train_{method}", lambda m=method: train_case(
-                    m, model_dir, pairs, steps=steps, dry_run=args.dry_run, work=work, peak_tflops=peak))
+                    m, model_dir, pairs, steps=steps, dry_run=args.dry_run, work=work, peak_tflops=peak), out)
                 if case is not None:
                     report["train"][method] = case
         if "vs_trl" not in args.skip:
             report["vs_trl"] = run_stage(report, "vs_trl", lambda: vs_trl_row(args.dry_run, peak, work,
-                                                                                args.contender_timeout))
-    report["wall_s"] = time.time() - report["started"]
-    out = output_dir(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
-    text = summary_text(report)
-    (out / "gpu_check.txt").write_text(text)
-    print("\n" + text + f"wrote {out / 'gpu_check.json'} and {out / 'gpu_check.txt'}", flush=True)
+                                                                                args.contender_timeout), out)
+    write_report(report, out)
+    print("\n" + summary_text(report) + f"wrote {out / 'gpu_check.json'} and {out / 'gpu_check.txt'}", flush=True)
     return report
 
 

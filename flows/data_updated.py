@@ -6,7 +6,8 @@ path, by this command or by the ``watch-data`` flow; an unchanged path sends not
 the ``sft-retrain`` deployment then starts one retraining run on that path.
 
 Needs PREFECT_API_URL: the server that runs sft-retrain. Exit codes: 0 done (sent or unchanged),
-2 a path is missing or not local (the message names it), 1 the server could not be reached.
+2 a path is missing or not local (the message names it), 1 PREFECT_API_URL is not set or the
+server could not be reached.
 """
 
 from __future__ import annotations

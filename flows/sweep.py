@@ -78,10 +78,19 @@ def sft_sweep(grid: dict[str, list[Any]], config: PipelineConfig = PipelineConfi
             result = result.model_copy(update=dict(registered_name=exported.registered_name,
                                                    version=exported.version, promotion=exported.promotion))
     except BaseException:
-        close_sweep_run(plan.tracking_uri, plan.parent_run_id, ranking, failed=True)
+        _close_quietly(plan, ranking, failed=True)  # the sweep's own error is the one to see
         raise
-    close_sweep_run(plan.tracking_uri, plan.parent_run_id, ranking)
+    _close_quietly(plan, ranking, failed=False)
     return result
+
+
+def _close_quietly(plan: SweepPlan, ranking: Ranking | None, *, failed: bool) -> None:
+    """End the sweep's MLflow run; an MLflow hiccup here is a warning, not a failed sweep whose best point is
+    already registered and gated (or a mask over the error that failed it)."""
+    try:
+        close_sweep_run(plan.tracking_uri, plan.parent_run_id, ranking, failed=failed)
+    except Exception as error:  # noqa: BLE001
+        get_run_logger().warning("Could not close the sweep's MLflow run %s: %r", plan.parent_run_id, error)
 
 
 def run_point(config: PipelineConfig, plan: SweepPlan, index: int) -> PointOutcome:

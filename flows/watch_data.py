@@ -21,13 +21,18 @@ WatchedPaths = Annotated[list[str], Field(description="Local data files or folde
 
 @flow(name="watch-data")
 def watch_data(paths: WatchedPaths) -> list[DataAnnouncement]:
-    """Send sftflow.data.updated for each path whose content digest changed; fail naming the bad paths."""
-    announced, bad = [], []
-    for path in paths:  # one bad path does not keep the others from being announced
+    """Send sftflow.data.updated for each path whose content digest changed; fail at the end naming the paths
+    that were bad or could not be announced."""
+    announced, bad, unreachable = [], [], []
+    for path in paths:  # one bad path, or one failed send, does not keep the others from being announced
         try:
             announced.append(announce_data(path))
         except DataError as error:
             bad.append(str(error))
+        except Exception as error:  # noqa: BLE001 - the server or network, after the task's retries
+            unreachable.append(f"{path}: could not announce: {error!r}")
+    if unreachable:
+        raise RuntimeError("watch-data: " + "; ".join(unreachable + bad))
     if bad:
         raise DataError("watch-data: " + "; ".join(bad))
     return announced

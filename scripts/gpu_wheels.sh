@@ -6,7 +6,7 @@
 #   scripts/gpu_wheels.sh 3.11     # for another CPython on the GPU machine
 #
 # Versions are the ones this checkout is tested with (what .venv has installed, i.e. constraints.txt's pins).
-# Not carried: torch (the GPU machine's CUDA build stays), numpy, pandas, pyarrow (~40 MB; the image has them),
+# Not carried: torch (the GPU machine's CUDA build stays), numpy, pandas, pyarrow (~74 MB for CPython 3.12; the image has them),
 # huggingface-hub (the image's 1.x satisfies transformers and datasets). The wheel set is kept well under the
 # 64 MiB that the working tree plus carried paths may take: the script fails above WHEELS_MAX_MB (default 40).
 set -euo pipefail

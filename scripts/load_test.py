@@ -21,8 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from tasks.concurrency import TRAIN_LIMIT
+
 ROOT = Path(__file__).resolve().parents[1]
-LIMIT_NAME = "sft-train"
+LIMIT_NAME = TRAIN_LIMIT  # the pipeline's training limit, held by deployment runs
 MODEL_NAME = "sft-load"
 
 

@@ -81,9 +81,10 @@ def setup_fsdp(accelerator: Accelerator, dist: DistributedConfig) -> FSDPMode:
     if asks_for_fsdp(dist):
         require_gpu_for_fsdp(dist, gpu_available=torch.cuda.is_available() and accelerator.device.type != "cpu")
         raise ConfigError(FIELD, f"{dist.accelerate_config!r} is an FSDP config, but this process was not started "
-                                 f"under FSDP (distributed type {accelerator.distributed_type.value}). Start it with "
-                                 "`python -m sft_core run` or the flow, which launch it through `accelerate launch "
-                                 f"--config_file {launch_config_path(dist.accelerate_config)}`")
+                                 f"under FSDP (distributed type {accelerator.distributed_type.value}): a worker started by hand? "
+                                 "Start it with `python -m sft_core train CONFIG`, `python -m sft_core run` or the "
+                                 "flow, which launch it through `accelerate launch --config_file "
+                                 f"{launch_config_path(dist.accelerate_config)}`")
     return FSDPMode(enabled=False)
 
 

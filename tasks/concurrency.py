@@ -37,13 +37,16 @@ def ensure_limit(name: str, limit: int = 1, logger: logging.Logger | logging.Log
 
 
 @contextlib.contextmanager
-def hold(name: str, logger: logging.Logger | logging.LoggerAdapter | None = None) -> Iterator[None]:
+def hold(name: str, logger: logging.Logger | logging.LoggerAdapter | None = None, *,
+         survive_lost_lease: bool = False) -> Iterator[None]:
     """Hold one slot of the limit ``name`` (created with limit 1 when missing) for the block's duration.
 
-    A failed lease renewal (the server briefly away) does not kill the work holding the slot: losing the slot
-    for a while is cheaper than losing hours of training."""
+    ``survive_lost_lease``: a failed lease renewal (the server briefly away) does not stop the block. Right for
+    training (losing the slot for a while is cheaper than losing hours of work); wrong for a mutual-exclusion
+    lock such as the promotion decision's, which must fail rather than run on unguarded."""
     from prefect.concurrency.sync import concurrency
 
     ensure_limit(name, logger=logger)
-    with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S, raise_on_lease_renewal_failure=False):
+    with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S,
+                     raise_on_lease_renewal_failure=not survive_lost_lease):
         yield

@@ -2,8 +2,9 @@
 
 Two callers share this: ``python -m flows.data_updated PATH`` and the scheduled ``watch-data`` flow.
 Both keep the last digest they announced in one place, a Prefect Variable per data path, written only
-after the server took the event; so a failed send is retried by the next call, and the two callers
-never announce the same bytes twice. The deployment trigger on ``sft-retrain`` (deployments/) turns
+after the server took the event; so a failed send is retried by the next call, and data one of them
+announced is "unchanged" for the other (two calls at the same moment may both send; the trigger's window
+makes that one run). The deployment trigger on ``sft-retrain`` (deployments/) turns
 the event into a retraining run on that path.
 """
 
@@ -23,6 +24,7 @@ from prefect.variables import Variable
 from pydantic import BaseModel
 
 from sft_core.data.digest import data_digest
+from tasks.retries import unless_bad_input
 
 DATA_UPDATED_EVENT = "sftflow.data.updated"
 RESOURCE_PREFIX = "sftflow.data."  # the event's resource id: this + the data's absolute path
@@ -96,14 +98,10 @@ async def _announce(path: str, *, force: bool) -> DataAnnouncement:
     return result.model_copy(update={"emitted": True, "event_id": str(event.id)})
 
 
-def _not_bad_input(task, task_run, state) -> bool:
-    return not isinstance(state.result(raise_on_failure=False), ValueError)
-
-
-@task(name="announce_data", retries=2, retry_delay_seconds=10, retry_condition_fn=_not_bad_input)
+@task(name="announce_data", retries=2, retry_delay_seconds=10, retry_condition_fn=unless_bad_input)
 def announce_data(path: str) -> DataAnnouncement:
     """One watched path: the event if its content changed since the last announcement (retried on a
-    network error; bad input, a ValueError, is not retried)."""
+    network error; bad input, an SFTError naming the path, is not retried)."""
     announced = announce_if_changed(path)
     get_run_logger().info(announced.describe())
     return announced

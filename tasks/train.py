@@ -44,5 +44,5 @@ def hold_train_limit(named: str | None, logger: logging.LoggerAdapter) -> Iterat
         yield
         return
     logger.info("Training takes a slot of the global concurrency limit %r (waits while it is full)", limit)
-    with hold(limit, logger):
+    with hold(limit, logger, survive_lost_lease=True):
         yield
