@@ -23,6 +23,7 @@ from sft_core.run import fail_run
 from sft_core.tracking import ensure_experiment, redact_uri, resolve_tracking_uri
 from tasks.artifacts import PipelineResult
 from tasks.configure import configure
+from tasks.data_events import hand_back_missed_change
 from tasks.define_metrics import define_metrics
 from tasks.params import PipelineConfig, run_name_for
 from tasks.prepare_data import prepare_data
@@ -50,6 +51,7 @@ def sft_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineResult:
     metrics = define_metrics(run, data)
     trained = train(run, data, concurrency_limit=config.concurrency_limit, wait_for=[metrics])
     exported = save(run, trained, data)
+    hand_back_missed_change(run.config.data.path, run.data_digest)  # a change the trigger's window swallowed
     tracking_uri = redact_uri(run.config.tracking.tracking_uri or "")
     get_run_logger().info("Model: %s | MLflow run %s (%s)%s", exported.model_dir, run.mlflow_run_id, tracking_uri,
                           f" | registered {exported.registered_name} v{exported.version}" if exported.version else "")

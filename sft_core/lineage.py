@@ -77,12 +77,14 @@ def metric_tags(logs_dir: str | Path, step: int) -> dict[str, str]:
     return tags
 
 
-def lineage_tags(config: Any, *, base_model: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Tags for a logged model and its registered version."""
+def lineage_tags(config: Any, *, base_model: str, data_digest: str | None = None,
+                 extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Tags for a logged model and its registered version. ``data_digest``: the data's digest when the run
+    read it (a file rewritten during training must not lend its new digest to a model that never saw it)."""
     data_path = config.data.path or ""
     tags = {
         "sftflow.data.path": data_path,
-        "sftflow.data.digest": fingerprint_source(data_path),
+        "sftflow.data.digest": data_digest or fingerprint_source(data_path),
         "sftflow.config.digest": config_digest(config),
         "sftflow.base_model": base_model,
     }

@@ -75,6 +75,7 @@ class Run(BaseModel):
     config: TRLConfig
     launch: Launch = Field(default_factory=Launch)
     data_key: str  # content hash of everything that decides the tokenized data
+    data_digest: str | None = None  # the training data's content digest when the run began: what it trains on
     prepared_root: str
     export: Literal["final", "best"] = "final"  # which weights register_model logs
 
@@ -115,7 +116,8 @@ def start_run(config: TRLConfig, *, name: str, runs_dir: str | Path = "runs",
     )
     config.save_yaml(layout.config)
     return Run(name=name, root=str(layout.root), config=config, launch=launch_as, export=export,
-               data_key=data_cache_key(config), prepared_root=str(runs_dir / PREPARED_DIR))
+               data_key=data_cache_key(config), data_digest=fingerprint_source(config.data.path),
+               prepared_root=str(runs_dir / PREPARED_DIR))
 
 
 def data_cache_key(config: TRLConfig) -> str:
@@ -205,7 +207,8 @@ def save_model(run: Run, summary: TrainSummary, *, version_tags: dict[str, str] 
     eval_prompts = _eval_prompts(run.prepared_dir)
     _record_data_inputs(run, eval_prompts)
     step = export_step(summary, export=run.export, logs_dir=run.layout.logs)
-    tags = {**lineage_tags(config, base_model=base_model_reference(config.model), extra=version_tags),
+    tags = {**lineage_tags(config, base_model=base_model_reference(config.model), data_digest=run.data_digest,
+                           extra=version_tags),
             **metric_tags(run.layout.logs, step)}
     registered = log_and_register(model_dir, run_id=run.mlflow_run_id, tracking_uri=tracking.tracking_uri,
                                   registered_name=tracking.registered_model_name,

@@ -24,6 +24,8 @@ from prefect.variables import Variable
 from pydantic import BaseModel
 
 from sft_core.data.digest import data_digest
+from sft_core.data.sources import fingerprint_source
+from sft_core.errors import DataError
 from tasks.retries import unless_bad_input
 
 DATA_UPDATED_EVENT = "sftflow.data.updated"
@@ -105,3 +107,54 @@ def announce_data(path: str) -> DataAnnouncement:
     announced = announce_if_changed(path)
     get_run_logger().info(announced.describe())
     return announced
+
+
+def announce_missed_change(data_path: str | None, trained_digest: str | None, *,
+                           flow_run_id: str | None = None) -> DataAnnouncement | None:
+    """After a run on ``data_path``: a change that was announced after the run read its data (digest
+    ``trained_digest``, in ``fingerprint_source``'s terms) and that no run has taken since is announced
+    again. It closes the trigger window's gap: an announcement within the window of the event that started
+    this run starts no run of its own. None when there is nothing to hand back: the data did not change,
+    the change was never announced (``data_updated`` or watch-data will), another sft-pipeline run on that
+    path was created after the announcement, or the data is not local (the demo, a hub name, a URI)."""
+    if not data_path or not trained_digest or fingerprint_source(data_path) == trained_digest:
+        return None
+    try:
+        current = data_digest(data_path)
+    except DataError:
+        return None
+    return run_coro_as_sync(_announce_if_untaken(data_path, current.path, current.digest, flow_run_id))
+
+
+async def _announce_if_untaken(as_given: str, path: str, digest: str,
+                               flow_run_id: str | None) -> DataAnnouncement | None:
+    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter,
+                                                FlowRunFilterExpectedStartTime)
+
+    last = await Variable.aget(digest_variable_name(path), default=None)
+    if not isinstance(last, dict) or last.get("digest") != digest or not last.get("announced_at"):
+        return None
+    async with get_client() as client:
+        later = await client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["sft-pipeline"])),
+            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(
+                after_=datetime.fromisoformat(last["announced_at"]))))
+    taken = [r for r in later if str(r.id) != str(flow_run_id)
+             and ((r.parameters or {}).get("config") or {}).get("data_path") in (as_given, path)]
+    return None if taken else await _announce(path, force=True)
+
+
+def hand_back_missed_change(data_path: str | None, trained_digest: str | None) -> None:
+    """The flow's last step: ``announce_missed_change`` for this flow run, logged; it never fails a run whose
+    model is already trained and saved."""
+    from prefect.runtime import flow_run
+
+    logger = get_run_logger()
+    try:
+        announced = announce_missed_change(data_path, trained_digest, flow_run_id=flow_run.get_id())
+    except Exception as error:  # noqa: BLE001
+        logger.warning("Could not check whether %s changed during this run: %r", data_path, error)
+        return
+    if announced is not None:
+        logger.warning("%s changed while this run trained, and that announced change started no run of its own "
+                       "(it came within the retraining trigger's window): announced it again", announced.path)

@@ -203,3 +203,33 @@ def test_watch_data_shares_the_last_digest_with_the_command(prefect_server, tmp_
     assert not again.emitted and again.digest == data_digest(data).digest
     with pytest.raises(DataError, match="nope.jsonl: no such file or folder"):
         watch_data([str(tmp_path / "nope.jsonl"), str(data)])
+
+
+def test_a_change_the_trigger_window_swallowed_is_handed_back_once_and_only_if_no_run_took_it(
+        retrain_deployment, tmp_path, capsys):
+    """v1 starts a run; v2, announced within the window, starts none; at its end the run (trained on v1)
+    announces v2 again, unless a later run on that path exists or v2 was never announced."""
+    from flows.data_updated import main
+    from sft_core.data.sources import fingerprint_source
+    from tasks.data_events import announce_missed_change
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text(ROWS)
+    path = str(data.resolve())
+    assert main([path]) == 0
+    (first_run,) = wait_for(lambda: _runs_of(retrain_deployment), 60, "the run v1 started")
+    trained_on_v1 = fingerprint_source(path)
+    assert announce_missed_change(path, trained_on_v1, flow_run_id=first_run.id) is None  # nothing changed
+
+    data.write_text(ROWS + '{"prompt": "v2", "completion": " row"}\n')
+    assert announce_missed_change(path, trained_on_v1, flow_run_id=first_run.id) is None  # not announced yet
+    assert main([path]) == 0 and "changed" in capsys.readouterr().out  # within the window: no run of its own
+    handed_back = announce_missed_change(path, trained_on_v1, flow_run_id=first_run.id)
+    assert handed_back is not None and handed_back.emitted and handed_back.digest == data_digest(data).digest
+    assert announce_missed_change(path, fingerprint_source(path), flow_run_id=first_run.id) is None  # ran on v2
+
+    async def later_run(client):  # a run on the path, created after the last announcement
+        return await client.create_flow_run_from_deployment(
+            retrain_deployment, parameters={"config": {"data_path": path}})
+    _read(later_run)
+    assert announce_missed_change(path, trained_on_v1, flow_run_id=first_run.id) is None  # that run took it
