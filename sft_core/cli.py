@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from sft_core.config import TRLConfig, default_sft_config
-from sft_core.errors import BAD_INPUT_EXIT_CODE, CAUSE_MARK, SFTError
+from sft_core.errors import BAD_INPUT_CAUSE, BAD_INPUT_EXIT_CODE, CAUSE_MARK, SFTError
 
 
 def load_config(path: str | None, overrides: list[str]) -> TRLConfig:
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (SFTError, FileExistsError) as err:  # the input is wrong: a retry will not help
         # A launched worker: the launcher's error then says why, not just torchrun's exit code.
-        print(f"{CAUSE_MARK if 'LOCAL_RANK' in os.environ else 'error: '}{err}", file=sys.stderr)
+        print(f"{CAUSE_MARK + BAD_INPUT_CAUSE if 'LOCAL_RANK' in os.environ else 'error: '}{err}", file=sys.stderr)
         return BAD_INPUT_EXIT_CODE
     except ConnectionError as err:  # e.g. the package index is unreachable: worth a retry
         print(f"error: {err}", file=sys.stderr)

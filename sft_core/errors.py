@@ -10,6 +10,9 @@ BAD_INPUT_EXIT_CODE = 2  # `python -m sft_core` exits with this on an SFTError: 
 # A launched worker that knows why it fails prints this and the reason on one line (sft_core.nodes does for a
 # lost node); sft_core.launch.run_child puts the first such reason into its error, ahead of the log's tail.
 CAUSE_MARK = "sftflow: training failed because "
+# After CAUSE_MARK: the worker refused its input. torchrun exits 1 whatever its workers exit with, so this is
+# how the launcher learns that a retry will not help (it then fails with BAD_INPUT_EXIT_CODE).
+BAD_INPUT_CAUSE = "its input is wrong: "
 
 
 class SFTError(ValueError):

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import psutil
 
 from sft_core.config import DistributedConfig
-from sft_core.errors import CAUSE_MARK
+from sft_core.errors import BAD_INPUT_CAUSE, BAD_INPUT_EXIT_CODE, CAUSE_MARK
 from sft_core.fsdp_glue import require_gpu_for_fsdp
 
 LAUNCH_CONFIGS = Path(__file__).with_name("launch_configs")
@@ -138,7 +138,9 @@ def run_child(cmd: list[str], *, env: dict[str, str], cwd: str | Path | None = N
             kill_tree(proc.pid)
     if code != 0:
         reason = f": {cause}" if cause else ""
-        raise ChildFailed(f"training process exited with code {code}{reason}", list(tail), exit_code=code)
+        bad_input = cause.startswith(BAD_INPUT_CAUSE)  # a worker under torchrun, whose exit code torchrun hides
+        raise ChildFailed(f"training process exited with code {code}{reason}", list(tail),
+                          exit_code=BAD_INPUT_EXIT_CODE if bad_input else code)
 
 
 def kill_tree(pid: int, grace_s: float = 10.0) -> None:

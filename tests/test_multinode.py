@@ -78,6 +78,34 @@ def test_what_a_launcher_starts_never_launches_again(monkeypatch):
     assert is_launched()
 
 
+def test_a_worker_that_refuses_its_input_fails_the_launch_as_bad_input(tmp_path):
+    """torchrun exits 1 whatever its workers exit with: the worker's marked reason is how the launcher knows
+    that a retry will not help (the pipeline's train task then raises SFTError, which Prefect does not retry)."""
+    from sft_core.errors import BAD_INPUT_CAUSE, BAD_INPUT_EXIT_CODE, CAUSE_MARK
+
+    def child(message: str) -> list[str]:
+        return [PYTHON, "-c", f"import sys; print({message!r}, file=sys.stderr); sys.exit(1)"]
+
+    with pytest.raises(ChildFailed) as refused:
+        run_child(child(CAUSE_MARK + BAD_INPUT_CAUSE + "data.path: /nope.jsonl: no such file"), env={},
+                  on_line=lambda line: None)
+    assert refused.value.exit_code == BAD_INPUT_EXIT_CODE and "/nope.jsonl: no such file" in str(refused.value)
+    with pytest.raises(ChildFailed) as crashed:  # any other failure keeps its code: worth a retry
+        run_child(child(CAUSE_MARK + "node 1 (machine_rank 1) exited or died"), env={}, on_line=lambda line: None)
+    assert crashed.value.exit_code == 1
+
+
+@pytest.mark.extended
+def test_a_bad_data_path_under_torchrun_exits_as_bad_input(tmp_path):
+    """The real thing: two workers under torchrun refuse a missing data file; the launcher exits 2, naming it."""
+    config = write_config(tmp_path, data=dict(path=str(tmp_path / "missing.jsonl")),
+                          distributed=dict(num_processes=2, use_cpu=True))
+    done = subprocess.run([PYTHON, "-m", "sft_core", "train", str(config)], env=python_env(OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "its input is wrong" in done.stderr and "missing.jsonl" in done.stderr
+
+
 # -- real nodes ------------------------------------------------------------------------------------
 def write_config(run_dir: Path, **sections) -> Path:
     path = run_dir / "config.yaml"
