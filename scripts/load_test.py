@@ -78,7 +78,8 @@ def main() -> int:
         procs.append(subprocess.Popen([sys.executable, "-m", "deployments.serve", "--limit", str(args.runs)], cwd=home,
                                       stdout=open(home / "serve.log", "w"), stderr=subprocess.STDOUT,
                                       start_new_session=True))
-        wait_for(lambda: len(asyncio.run(api(lambda c: c.read_deployments()))) == 2, 120, "the deployments")
+        wait_for(lambda: "sft-adhoc" in {d.name for d in asyncio.run(api(lambda c: c.read_deployments()))}, 120,
+                 "the sft-adhoc deployment")  # serve registers others beside it (retrain, watch-data, sweep)
 
         started = time.monotonic()
 
