@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -241,8 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (SFTError, FileExistsError) as err:  # the input is wrong: a retry will not help
+        from sft_core.launch import is_launched
+
         # A launched worker: the launcher's error then says why, not just torchrun's exit code.
-        print(f"{CAUSE_MARK + BAD_INPUT_CAUSE if 'LOCAL_RANK' in os.environ else 'error: '}{err}", file=sys.stderr)
+        print(f"{CAUSE_MARK + BAD_INPUT_CAUSE if is_launched() else 'error: '}{err}", file=sys.stderr)
         return BAD_INPUT_EXIT_CODE
     except ConnectionError as err:  # e.g. the package index is unreachable: worth a retry
         print(f"error: {err}", file=sys.stderr)

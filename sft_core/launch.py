@@ -28,9 +28,8 @@ import psutil
 
 from sft_core.config import DistributedConfig
 from sft_core.errors import BAD_INPUT_CAUSE, BAD_INPUT_EXIT_CODE, CAUSE_MARK
-from sft_core.fsdp_glue import require_gpu_for_fsdp
+from sft_core.fsdp_glue import LAUNCH_CONFIGS, launch_config_path, require_gpu_for_fsdp  # noqa: F401 - re-exported
 
-LAUNCH_CONFIGS = Path(__file__).with_name("launch_configs")
 LAUNCHED_ENV = "SFTFLOW_LAUNCHED"
 
 
@@ -40,7 +39,6 @@ def is_launched() -> bool:
     Not LOCAL_RANK alone: ``accelerate launch`` with a config whose distributed_type is NO runs its one child
     directly, without it, and that child would launch again, and again."""
     return LAUNCHED_ENV in os.environ or "LOCAL_RANK" in os.environ
-
 
 
 class ChildFailed(RuntimeError):
@@ -78,9 +76,7 @@ def launch_command(config_path: str | Path | None, dist: DistributedConfig, *, o
         env["ACCELERATE_USE_CPU"] = "true"
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(dist.num_processes),
                 *_torchrun_node_args(dist, port), *train_args], env
-    config_file = dist.accelerate_config
-    if (LAUNCH_CONFIGS / f"{config_file}.yaml").exists():
-        config_file = str(LAUNCH_CONFIGS / f"{config_file}.yaml")
+    config_file = str(launch_config_path(dist.accelerate_config))  # a shipped name, or the user's YAML
     machines = []
     if dist.num_machines > 1:
         machines = ["--num_machines", str(dist.num_machines), "--machine_rank", str(dist.machine_rank),

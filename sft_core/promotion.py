@@ -26,6 +26,7 @@ from sft_core.errors import ConfigError, DataError, SFTError
 from sft_core.evaluation import resolve_best_metric
 from sft_core.gate_score import load_registered, score_model
 from sft_core.gate_set import GateSet, fetch_gate, store_gate
+from sft_core.registry import model_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ def _record(client: Any, decision: PromotionDecision) -> PromotionDecision:
 def logged_model_id(client: Any, name: str, version: str) -> str:
     """The LoggedModel behind a version (a sqlite registry keeps it only in the source, models:/m-...)."""
     found = client.get_model_version(name, version)
-    return found.model_id or found.source.removeprefix("models:/").split("/")[0]
+    return found.model_id or model_id_of(found.source)
 
 
 def champion_version(client: Any, name: str, alias: str) -> str | None:

@@ -93,6 +93,11 @@ def log_and_register(
                            model_id=info.model_id)
 
 
+def model_id_of(model_uri: str) -> str:
+    """The LoggedModel id in a ``models:/m-...`` URI (MLflow 3's logged-model URIs)."""
+    return model_uri.removeprefix("models:/").split("/")[0]
+
+
 def register_logged_model(model_uri: str, *, tracking_uri: str | None, registered_name: str, alias: str | None = None,
                           tags: dict[str, str] | None = None) -> RegisteredModel:
     """Register a model logged earlier without a name (``models:/m-...``, e.g. a sweep's point), as a new
@@ -102,7 +107,7 @@ def register_logged_model(model_uri: str, *, tracking_uri: str | None, registere
 
     uri = resolve_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(uri)
-    model_id = model_uri.removeprefix("models:/").split("/")[0]
+    model_id = model_id_of(model_uri)
     logged = client.get_logged_model(model_id)
     version_tags = {k: v for k, v in logged.tags.items() if not k.startswith("mlflow.")}
     version_tags.update(tags or {})
@@ -123,5 +128,5 @@ def logged_model_metrics(model_uri: str, *, tracking_uri: str | None) -> dict[st
     import mlflow
 
     client = mlflow.MlflowClient(resolve_tracking_uri(tracking_uri))
-    logged = client.get_logged_model(model_uri.removeprefix("models:/").split("/")[0])
+    logged = client.get_logged_model(model_id_of(model_uri))
     return {m.key: m.value for m in logged.metrics or []}

@@ -23,7 +23,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect.variables import Variable
 from pydantic import BaseModel
 
-from sft_core.data.digest import data_digest
+from sft_core.data.digest import DataDigest, data_digest
 from sft_core.data.sources import fingerprint_source
 from sft_core.errors import DataError
 from tasks.retries import unless_bad_input
@@ -79,23 +79,34 @@ def announce_if_changed(path: str, *, force: bool = False) -> DataAnnouncement:
 async def _announce(path: str, *, force: bool) -> DataAnnouncement:
     require_api()
     current = data_digest(path)
-    name = digest_variable_name(current.path)
-    last = await Variable.aget(name, default=None)
-    previous = last.get("digest") if isinstance(last, dict) else None
+    name, last = await _last_announcement(current.path)
+    previous = last.get("digest") if last else None
     result = DataAnnouncement(path=current.path, digest=current.digest, previous_digest=previous, emitted=False,
                               variable=name)
     if previous == current.digest and not force:
         return result
+    return await _send(current, result)
+
+
+async def _last_announcement(path: str) -> tuple[str, dict | None]:
+    """The path's Variable and what it holds (path, digest, event id, when), None before the first announcement."""
+    name = digest_variable_name(path)
+    last = await Variable.aget(name, default=None)
+    return name, last if isinstance(last, dict) else None
+
+
+async def _send(current: DataDigest, result: DataAnnouncement) -> DataAnnouncement:
+    """The event, then the Variable that records it as announced."""
     async with get_client() as client:
         related = await related_resources_from_run_context(client)  # the watch-data run, when there is one
     event = Event(event=DATA_UPDATED_EVENT, resource=data_resource(current.path, current.digest), related=related,
-                  payload={"digest": current.digest, "previous_digest": previous})
+                  payload={"digest": current.digest, "previous_digest": result.previous_digest})
     # checkpoint_every=1: emit() returns once the server has acknowledged the event (a websocket ping
     # after it), so the Variable below never records a digest whose event was lost on the way.
     async with get_events_client(checkpoint_every=1) as events:
         await events.emit(event)
-    await Variable.aset(name, {"path": current.path, "digest": current.digest, "event_id": str(event.id),
-                               "announced_at": datetime.now(timezone.utc).isoformat()},
+    await Variable.aset(result.variable, {"path": current.path, "digest": current.digest, "event_id": str(event.id),
+                                          "announced_at": datetime.now(timezone.utc).isoformat()},
                         tags=["sftflow", "data-digest"], overwrite=True)
     return result.model_copy(update={"emitted": True, "event_id": str(event.id)})
 
@@ -123,16 +134,15 @@ def announce_missed_change(data_path: str | None, trained_digest: str | None, *,
         current = data_digest(data_path)
     except DataError:
         return None
-    return run_coro_as_sync(_announce_if_untaken(data_path, current.path, current.digest, flow_run_id))
+    return run_coro_as_sync(_announce_if_untaken(data_path, current, flow_run_id))
 
 
-async def _announce_if_untaken(as_given: str, path: str, digest: str,
-                               flow_run_id: str | None) -> DataAnnouncement | None:
+async def _announce_if_untaken(as_given: str, current: DataDigest, flow_run_id: str | None) -> DataAnnouncement | None:
     from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter,
                                                 FlowRunFilterExpectedStartTime)
 
-    last = await Variable.aget(digest_variable_name(path), default=None)
-    if not isinstance(last, dict) or last.get("digest") != digest or not last.get("announced_at"):
+    name, last = await _last_announcement(current.path)
+    if not last or last.get("digest") != current.digest or not last.get("announced_at"):
         return None
     async with get_client() as client:
         later = await client.read_flow_runs(
@@ -140,8 +150,12 @@ async def _announce_if_untaken(as_given: str, path: str, digest: str,
             flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(
                 after_=datetime.fromisoformat(last["announced_at"]))))
     taken = [r for r in later if str(r.id) != str(flow_run_id)
-             and ((r.parameters or {}).get("config") or {}).get("data_path") in (as_given, path)]
-    return None if taken else await _announce(path, force=True)
+             and ((r.parameters or {}).get("config") or {}).get("data_path") in (as_given, current.path)]
+    if taken:
+        return None
+    require_api()
+    return await _send(current, DataAnnouncement(path=current.path, digest=current.digest,
+                                                 previous_digest=current.digest, emitted=False, variable=name))
 
 
 def hand_back_missed_change(data_path: str | None, trained_digest: str | None) -> None:
